@@ -1,0 +1,163 @@
+"""The `medminds` command. Every command is a few lines delegating to a plain function the tests call.
+
+    medminds list
+    medminds submit expert-task --dataset micro --model tiny
+    medminds status
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medminds_hpc.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproduce and beat 'Medical Minds Unite' on a Slurm cluster.")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Every experiment in jobs/: its stage, what it needs, and resources per dataset size."""
+    from medminds_hpc import clusters, experiments
+
+    try:
+        exps = experiments.load_all()
+        profile = clusters.load_profile(None)
+    except UserError as e:
+        return fail(str(e))
+    rows = []
+    for exp in exps:
+        res = {}
+        for size in clusters.DATASET_SIZES:
+            layers = [{k: v for k, v in vars(profile.sizes[size]).items() if v is not None} if size in profile.sizes else {}, exp.resources.get(size, {})]
+            try:
+                res[size] = profile.resolve(*layers).summary()
+            except UserError as e:
+                res[size] = f"invalid: {e}"
+        rows.append({"name": exp.name, "stage": exp.stage, "needs": exp.needs, "implemented": exp.stage_info.implemented,
+                     "description": exp.description, "resources": res, "file": str(exp.path)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"experiments (resources on cluster profile '{profile.name}')")
+    for col in ("experiment", "stage", "needs", "micro", "mini", "mega"):
+        table.add_column(col)
+    for r in rows:
+        stage = r["stage"] if r["implemented"] else f"{r['stage']} (not yet)"
+        table.add_row(r["name"], stage, ", ".join(r["needs"]), *(r["resources"][s] for s in clusters.DATASET_SIZES))
+    console.print(table)
+
+
+@app.command()
+def submit(
+    experiment: str = typer.Argument(..., help="experiment name (see `medminds list`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="micro | mini | mega"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster profile in slurm/ (default: $MEDMINDS_CLUSTER or unity)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="slurm | local | debug (default: slurm when sbatch is on PATH)"),
+    model: Optional[str] = typer.Option(None, "--model", help="model name or local path (e.g. tiny)"),
+    override: List[str] = typer.Option([], "-o", "--override", help="key=value for a stage parameter, or resources.KEY=value"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script and resolved config; submit nothing"),
+    force: bool = typer.Option(False, "--force", help="start this experiment's run afresh even if it exists"),
+    wait: Optional[bool] = typer.Option(None, "--wait/--no-wait", help="wait for the jobs (default: yes for local/debug)"),
+) -> None:
+    """Submit an experiment (and whatever it needs that is not finished yet)."""
+    from medminds_hpc import submit as submit_mod
+
+    opts = submit_mod.SubmitOptions(dataset, cluster, executor, model, list(override), dry_run, force, wait)
+    try:
+        submit_mod.submit(experiment, opts, say=lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True))
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
+def status(
+    run: List[str] = typer.Argument(None, help="run ids (default: every run)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """One table of every run: state, job, elapsed, GPU-hours, progress, best metric."""
+    from medminds_hpc import runs, status as status_mod
+
+    try:
+        if run:
+            selected, problems = [runs.find(r) for r in run], []
+        else:
+            selected, problems = runs.list_runs()
+    except UserError as e:
+        return fail(str(e))
+    rows = status_mod.collect(selected)
+    if as_json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+    else:
+        table = Table(title=f"runs in {runs.paths.runs_dir()}")
+        for col in ("run", "state", "job", "elapsed", "GPU-h", "progress", "best"):
+            table.add_column(col)
+        for r in rows:
+            state = r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else "")
+            table.add_row(r.run.id, state, r.job_id or "", time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)) if r.elapsed_s else "",
+                          f"{r.gpu_hours:.2f}" if r.gpu_hours else "", r.progress, r.best)
+        console.print(table)
+    if problems:
+        fail(problems[0] + (f" (and {len(problems) - 1} more unreadable runs)" if len(problems) > 1 else ""))
+
+
+@app.command()
+def logs(run: str = typer.Argument(..., help="run id (or a unique prefix)"), follow: bool = typer.Option(False, "-f", "--follow", help="keep printing as the log grows")) -> None:
+    """Print the log of a run's latest job."""
+    from medminds_hpc import control
+
+    try:
+        control.print_logs(run, follow, out=sys.stdout)
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
+def cancel(run: List[str] = typer.Argument(..., help="run ids to cancel")) -> None:
+    """Cancel the jobs of runs (Slurm: scancel; local: stop the process)."""
+    from medminds_hpc import control
+
+    try:
+        for r in run:
+            console.print(control.cancel(r), highlight=False)
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
+def doctor(
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster profile (default: $MEDMINDS_CLUSTER or unity)"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="slurm | local | debug"),
+    gpu: List[str] = typer.Option([], "--gpu", help="only these GPU types (default: every type in the profile)"),
+) -> None:
+    """Submit a short job to each GPU type of the cluster and print what it found."""
+    from medminds_hpc import control
+
+    try:
+        control.doctor(cluster, executor, list(gpu), say=lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True))
+    except UserError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""What a stage sees of its run: config, upstream runs, progress reporting, and the stop-and-save protocol.
+
+Stages call `ctx.step_done(step, state_fn)` at every step boundary. It saves a checkpoint when one is due
+(every N steps or M minutes) or when the job was asked to stop (preemption or approaching time-out), and
+in the latter case raises StopRequested after saving, so the job requeues and resumes from that step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medminds_hpc import fileio, runs
+from medminds_hpc.training.checkpoint import Checkpoint, CheckpointStore
+
+
+class StopRequested(Exception):
+    """Raised after the state is saved because the job must stop now (it will be requeued)."""
+
+
+@dataclass
+class StageContext:
+    run: runs.Run
+    shard: int = 0
+    num_shards: int = 1
+    stop_requested: Callable[[], bool] = lambda: False
+    progress_every_s: float = 10.0
+    checkpoint_every_steps: int = 200
+    checkpoint_every_minutes: float = 20.0
+    keep_checkpoints: int = 2
+    is_rank_zero: bool = True
+    _last_progress: float = field(default=0.0, init=False)
+    _last_save: float = field(default_factory=time.monotonic, init=False)
+    _last_save_step: int = field(default=0, init=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.dir
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.run.data
+
+    @property
+    def dataset(self) -> str:
+        return self.record["dataset"]
+
+    @property
+    def model(self) -> str | None:
+        return self.record.get("model")
+
+    def need(self, experiment: str) -> runs.Run:
+        """The finished upstream run this run depends on."""
+        run_id = self.record.get("needs", {}).get(experiment)
+        if run_id is None:
+            raise KeyError(f"run {self.run.id} does not depend on {experiment!r}; it needs {sorted(self.record.get('needs', {}))}")
+        return runs.load(self.run_dir.parent / run_id)
+
+    # checkpoints ---------------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        sub = f"shard-{self.shard}" if self.num_shards > 1 else ""
+        return CheckpointStore(self.run.checkpoint_dir / sub, keep=self.keep_checkpoints)
+
+    def resume(self) -> Checkpoint | None:
+        """The newest valid checkpoint on disk (never what a requeued pickle remembered)."""
+        return self.checkpoints.latest()
+
+    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+        if self.is_rank_zero:
+            self.checkpoints.save(step, state, meta)
+        self._last_save, self._last_save_step = time.monotonic(), step
+
+    def step_done(self, step: int, state: Callable[[], dict[str, Any]], total: int | None = None, **metrics: Any) -> None:
+        """Call after every optimizer step: saves when due or asked to stop; raises StopRequested then."""
+        stop = self.stop_requested()
+        due = (
+            step - self._last_save_step >= self.checkpoint_every_steps
+            or time.monotonic() - self._last_save >= self.checkpoint_every_minutes * 60
+        )
+        if stop or due:
+            self.save(step, state())
+        self.progress(step, total, **metrics)
+        if stop:
+            self.progress(step, total, force=True, **metrics)
+            raise StopRequested(f"stopped at step {step} after saving")
+
+    # progress and metrics ------------------------------------------------------------------------------
+    def progress(self, step: int, total: int | None = None, force: bool = False, **metrics: Any) -> None:
+        """Record progress in run.json (throttled) so `medminds status` can show it."""
+        if metrics:
+            self.log({"step": step, **metrics})
+        t = time.monotonic()
+        if not force and t - self._last_progress < self.progress_every_s:
+            return
+        self._last_progress = t
+        info = {"step": step, "total": total, "at": runs.now(), **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+
+        def change(d: dict[str, Any]) -> None:
+            d.setdefault("progress", {})[str(self.shard)] = info
+
+        if self.is_rank_zero:
+            self.run.update(change)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.is_rank_zero:
+            fileio.append_jsonl(self.run_dir / runs.METRICS_LOG, {"time": time.time(), "shard": self.shard, **record})
+
+    def write_metrics(self, metrics: dict[str, Any], name: str = runs.METRICS_FILE) -> None:
+        if self.is_rank_zero:
+            fileio.atomic_write_json(self.run_dir / name, metrics)

@@ -1,0 +1,107 @@
+"""Acting on existing runs: logs, cancel, and `doctor` (a short job per GPU type that reports what it sees)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+from medminds_hpc import clusters, runs, status
+from medminds_hpc.errors import UserError
+
+
+def log_files(run: runs.Run) -> list[Path]:
+    """The log files of the run's latest job (submitit: <job>_<task>_log.out, arrays <array>_<i>_0_log.out)."""
+    ids = status.current_job_ids(run)
+    files: list[Path] = []
+    for jid in ids:
+        for suffix in ("out", "err"):
+            files += sorted(run.log_dir.glob(f"{jid}_*log.{suffix}"))
+    return files
+
+
+def print_logs(query: str, follow: bool, out: TextIO, poll_s: float = 1.0, max_wait_s: float | None = None) -> None:
+    run = runs.find(query)
+    if not run.job_ids:
+        raise UserError(f"run {run.id} has no job yet (state {run.state})")
+    offsets: dict[Path, int] = {}
+    started = time.monotonic()
+    while True:
+        for f in log_files(run):
+            pos = offsets.get(f, 0)
+            try:
+                with open(f, "rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+            except OSError:
+                continue
+            if chunk:
+                if len(log_files(run)) > 1 and pos == 0:
+                    out.write(f"==> {f} <==\n")
+                out.write(chunk.decode("utf-8", "replace"))
+                out.flush()
+                offsets[f] = pos + len(chunk)
+        if not follow:
+            if not offsets:
+                out.write(f"(no log yet for job {run.last_job_id} in {run.log_dir}; state {status.collect([run])[0].state})\n")
+            return
+        (st,) = status.collect([run.reload()])
+        if st.state not in runs.ACTIVE_STATES and offsets:
+            return
+        if max_wait_s is not None and time.monotonic() - started > max_wait_s:
+            return
+        time.sleep(poll_s)
+
+
+def cancel(query: str) -> str:
+    run = runs.find(query)
+    (st,) = status.collect([run])
+    if st.state not in runs.ACTIVE_STATES:
+        return f"{run.id}: nothing to cancel (state {st.state})"
+    ids = status.current_job_ids(run)
+    executor = run.data.get("executor")
+    if executor == "slurm":
+        try:
+            subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True, timeout=60)
+        except subprocess.CalledProcessError as e:
+            raise UserError(f"scancel {' '.join(ids)} failed: {e.stderr.strip()}") from None
+    elif executor == "local":
+        for jid in ids:
+            try:
+                os.kill(int(jid), signal.SIGINT)  # submitit's local controller stops its tasks on SIGINT
+            except (ProcessLookupError, ValueError):
+                pass
+    run.update(lambda d: d.update(state=runs.CANCELLED, error="cancelled by the user"))
+    return f"{run.id}: cancelled job {', '.join(ids)}"
+
+
+def doctor(cluster: str | None, executor: str | None, gpu_types: list[str], say: Callable[[str], None]) -> list[runs.Run]:
+    from medminds_hpc import submit as submit_mod
+
+    profile = clusters.load_profile(cluster)
+    chosen = gpu_types or sorted(profile.gpus)
+    unknown = [g for g in chosen if g not in profile.gpus]
+    if unknown:
+        raise UserError(f"--gpu: unknown GPU type(s) {', '.join(unknown)} on cluster {profile.name}; valid GPU types: {', '.join(sorted(profile.gpus))}")
+    out = []
+    for gpu in chosen:
+        opts = submit_mod.SubmitOptions(dataset="micro", cluster=profile.name if not cluster else cluster, executor=executor,
+                                        overrides=[f"expect_gpu={gpu}", f"resources.gpu={gpu}", "resources.time=00:10:00"],
+                                        force=True, wait=False)
+        planned = submit_mod.submit("doctor", opts, say=say)
+        out.append(planned[-1])
+    reports = []
+    for p in out:
+        run = runs.get(p.run_id)
+        say(f"waiting for {p.run_id} (job {', '.join(p.job_ids)}) ...")
+        submit_mod.wait_for_run(p)
+        run = run.reload()
+        reports.append(run)
+        metrics = run.metrics() or {}
+        say(f"== {p.resolved.config.expect_gpu} ({p.run_id}) ==")
+        for key, value in metrics.items():
+            say(f"  {key}: {value}")
+    return reports

@@ -1,0 +1,133 @@
+"""The in-job entry point: StageJob runs one stage of one run and survives preemption and time-outs.
+
+submitit pickles `StageJob(run_dir)` and nothing else: every requeued start reads run.json and the newest
+valid checkpoint from disk, so a stale pickle cannot roll a run back. On USR2 (Slurm's preemption or
+time-out warning) the signal handler only sets a flag; the stage saves at its next step boundary, then the
+job requeues itself. Doing the save inside the handler hangs intermittently (locks held by the interrupted
+code), so it is never done there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from medminds_hpc import config, runs
+from medminds_hpc.context import StageContext, StopRequested
+from medminds_hpc.stages import get_stage
+
+log = logging.getLogger("medminds.job")
+
+
+def _job_env() -> Any | None:
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (direct call, debug executor)
+        return None
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    def __init__(self, run_dir: str | Path, shard: int = 0) -> None:
+        self.run_dir = str(run_dir)
+        self.shard = shard
+        self._stop_signal: int | None = None
+
+    # submitit calls this (inside its own USR2 handler) only if USR2 arrives before __call__ installs ours.
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(StageJob(self.run_dir, self.shard))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum  # nothing else: see the module docstring
+
+    def __call__(self) -> dict[str, Any] | None:
+        self._stop_signal = None
+        env = _job_env()
+        if env is not None:
+            signal.signal(env._usr_sig(), self._on_signal)
+        run = runs.load(self.run_dir)
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        job_id = job_id or (env.job_id if env is not None else None)
+        runs.record_attempt(run, job_id, self.shard)
+        while True:
+            try:
+                return self._run_stage(run, env)
+            except StopRequested as stop:
+                log.warning("%s", stop)
+                if env is None or env.__class__.__name__ == "DebugJobEnvironment":
+                    self._stop_signal = None  # in-process: resume at once from the checkpoint just written
+                    continue
+                self._requeue_and_exit(run, env)
+            except BaseException as e:
+                if not isinstance(e, SystemExit):
+                    message = f"{type(e).__name__}: {e}"
+                    run.update(lambda d: d.update(state=runs.FAILED, error=message, traceback=traceback.format_exc()[-4000:]))
+                raise
+
+    def _run_stage(self, run: runs.Run, env: Any | None) -> dict[str, Any] | None:
+        record = run.reload().data
+        stage = get_stage(record["stage"])
+        cfg = config.build(stage.config_class(), record.get("params", {}), f"{run.path} params")
+        fn = stage.run_function()
+        ctx = StageContext(
+            run=run,
+            shard=self.shard,
+            num_shards=int(record.get("shards", 1)),
+            stop_requested=lambda: self._stop_signal is not None,
+            checkpoint_every_steps=getattr(cfg, "checkpoint_every_steps", 200),
+            checkpoint_every_minutes=getattr(cfg, "checkpoint_every_minutes", 20.0),
+            keep_checkpoints=getattr(cfg, "keep_checkpoints", 2),
+            is_rank_zero=env is None or env.global_rank == 0,
+        )
+        started = time.time()
+        result = fn(ctx, cfg)
+        elapsed = time.time() - started
+
+        def finish(d: dict[str, Any]) -> None:
+            done = sorted(set(d.get("shards_done", [])) | {self.shard})
+            d["shards_done"] = done
+            if len(done) >= int(d.get("shards", 1)):
+                d["state"] = runs.COMPLETED
+                d["finished_at"] = runs.now()
+            d.setdefault("stage_seconds", {})[str(self.shard)] = round(elapsed, 3)
+            if isinstance(result, dict):
+                d.setdefault("results", {})[str(self.shard)] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+
+        run.update(finish)
+        return result
+
+    def _requeue_and_exit(self, run: runs.Run, env: Any) -> None:
+        """Requeue this job (it resumes from the checkpoint just saved), or fail when requeued too often."""
+        limit = int(run.data.get("resources", {}).get("max_requeues", 20))
+        if run.data.get("requeues", 0) >= limit:
+            message = f"requeued {limit} times (preemptions + time-outs); giving up. Raise max_requeues in the cluster profile to allow more."
+            run.update(lambda d: d.update(state=runs.FAILED, error=message))
+            raise RuntimeError(message)
+
+        def mark(d: dict[str, Any]) -> None:
+            d["state"] = runs.REQUEUED
+            d["requeues"] = d.get("requeues", 0) + 1
+
+        run.update(mark)
+        # A fresh pickle: the requeued start reads everything else from disk.
+        paths = env.paths
+        delayed = submitit.helpers.DelayedSubmission.load(paths.submitted_pickle)
+        fresh = self.checkpoint()
+        fresh.set_timeout(delayed._timeout_min, delayed._timeout_countdown)
+        with submitit.core.utils.temporary_save_path(paths.submitted_pickle) as tmp:
+            fresh.dump(tmp)
+        try:
+            env._requeue(limit - run.data["requeues"])  # local executor: exits with its requeue code
+        except subprocess.CalledProcessError as e:
+            # Under partition preemption Slurm requeues the job itself and may refuse a second requeue.
+            log.warning("scontrol requeue failed (%s); relying on Slurm's own requeue of preempted jobs", e)
+        sys.stdout.flush()
+        sys.exit(-1)

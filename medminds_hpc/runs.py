@@ -1,0 +1,191 @@
+"""The run directory: run.json (resolved config, job ids across requeues, state, progress) and its artifacts.
+
+A run's id is derived from what it computes (experiment, dataset, model, parameters, upstream runs), so
+submitting the same thing twice finds the existing run. Every write of run.json is atomic and locked: the
+login node (submit) and the compute node (the job) both update it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from medminds_hpc import fileio, paths
+from medminds_hpc.errors import UserError
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+METRICS_LOG = "metrics.jsonl"
+
+# States a run can be in, in Slurm's words where Slurm has one.
+SUBMITTING, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "SUBMITTING", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"
+REQUEUED, PREEMPTED, TIMEOUT, UNKNOWN = "REQUEUED", "PREEMPTED", "TIMEOUT", "UNKNOWN"
+ACTIVE_STATES = {SUBMITTING, PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+FINISHED_OK = {COMPLETED}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def make_run_id(experiment: str, dataset: str, identity: dict[str, Any]) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_.") or "run"
+    return f"{safe}-{dataset}-{config_hash(identity)}"
+
+
+@dataclass
+class Run:
+    """A run directory and the last-read content of its run.json."""
+
+    dir: Path
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.data["run_id"]
+
+    @property
+    def path(self) -> Path:
+        return self.dir / RUN_FILE
+
+    @property
+    def state(self) -> str:
+        return self.data.get("state", UNKNOWN)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return list(self.data.get("job_ids", []))
+
+    @property
+    def last_job_id(self) -> str | None:
+        ids = self.job_ids
+        return ids[-1] if ids else None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.dir / "artifacts"
+
+    def metrics(self) -> dict[str, Any] | None:
+        p = self.dir / METRICS_FILE
+        try:
+            return fileio.read_json(p) if p.exists() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write run.json under its lock; `change` edits the dict in place."""
+        with fileio.locked(self.path):
+            data = _read_record(self.path)
+            change(data)
+            data["updated_at"] = now()
+            fileio.atomic_write_json(self.path, data)
+        self.data = data
+        return data
+
+    def reload(self) -> "Run":
+        self.data = _read_record(self.path)
+        return self
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = fileio.read_json(path)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: unreadable run record (invalid JSON at line {e.lineno}); fix or delete that run directory") from None
+    except OSError as e:
+        raise UserError(f"{path}: unreadable run record ({e.strerror}); check the permissions of that run directory") from None
+    if not isinstance(data, dict) or "run_id" not in data:
+        raise UserError(f"{path}: unreadable run record (no run_id); fix or delete that run directory")
+    return data
+
+
+def load(run_dir: Path | str) -> Run:
+    run_dir = Path(run_dir)
+    return Run(run_dir, _read_record(run_dir / RUN_FILE))
+
+
+def create(run_id: str, record: dict[str, Any], *, force: bool = False) -> Run:
+    """Create (or with force, wipe and recreate) a run directory holding `record`."""
+    run_dir = paths.runs_dir() / run_id
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {**record, "run_id": run_id, "created_at": now(), "updated_at": now(), "state": SUBMITTING, "job_ids": [], "attempts": [], "requeues": 0}
+    fileio.atomic_write_json(run_dir / RUN_FILE, data)
+    return Run(run_dir, data)
+
+
+def get(run_id: str) -> Run | None:
+    run_dir = paths.runs_dir() / run_id
+    return load(run_dir) if (run_dir / RUN_FILE).exists() else None
+
+
+def iter_run_dirs() -> Iterator[Path]:
+    root = paths.runs_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and (d / RUN_FILE).exists():
+                yield d
+
+
+def list_runs() -> tuple[list[Run], list[str]]:
+    """Every readable run, and one message per unreadable run directory."""
+    runs, problems = [], []
+    for d in iter_run_dirs():
+        try:
+            runs.append(load(d))
+        except UserError as e:
+            problems.append(str(e))
+    return runs, problems
+
+
+def find(query: str) -> Run:
+    """A run by exact id, by unique id prefix, or the newest run of '<experiment>-<dataset>'."""
+    if not query or "/" in query or query in {".", ".."}:
+        raise UserError(f"invalid run id {query!r}; run `medminds status` to see run ids")
+    exact = paths.runs_dir() / query
+    if (exact / RUN_FILE).exists():
+        return load(exact)
+    dirs = [d for d in iter_run_dirs() if d.name.startswith(query)]
+    if len(dirs) == 1:
+        return load(dirs[0])
+    if dirs:
+        prefix_runs = [load(d) for d in dirs]
+        by_name = [r for r in prefix_runs if f"{r.data.get('experiment')}-{r.data.get('dataset')}" == query]
+        if by_name:
+            return max(by_name, key=lambda r: r.data.get("created_at", ""))
+        raise UserError(f"run {query!r} is ambiguous: it matches {', '.join(d.name for d in dirs)}; give more of the id")
+    known = [d.name for d in iter_run_dirs()]
+    hint = f"known runs: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else "there are no runs yet"
+    raise UserError(f"no run matches {query!r} under {paths.runs_dir()}; {hint}")
+
+
+def record_attempt(run: Run, job_id: str | None, shard: int) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["state"] = RUNNING
+        d.setdefault("attempts", []).append(
+            {"job_id": job_id, "shard": shard, "host": os.uname().nodename, "started_at": now(),
+             "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
+        )
+        d.pop("error", None)
+    run.update(change)

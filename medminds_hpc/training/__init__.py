@@ -1,0 +1,1 @@
+"""The one training mechanism every stage shares, its checkpoints and its metrics."""

@@ -1,0 +1,119 @@
+"""Checkpoints of trainable state only: one directory per step, committed by an atomic rename.
+
+A checkpoint is `step-00000123/` with `state.pt` and `manifest.json` (sizes and sha256 of every file). It is
+written under a temporary name and renamed when complete, so a kill mid-write leaves at worst a stray temp
+directory; a directory whose files do not match its manifest (a truncated copy, a disk error) is skipped in
+favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medminds_hpc import fileio
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+STATE_FILE = "state.pt"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    dir: Path
+
+    def load(self) -> dict[str, Any]:
+        import torch  # lazily: the CLI never needs it
+
+        return torch.load(self.dir / STATE_FILE, map_location="cpu", weights_only=False)
+
+    def meta(self) -> dict[str, Any]:
+        return fileio.read_json(self.dir / MANIFEST).get("meta", {})
+
+
+class CheckpointStore:
+    """Save/load a state dict per step in `root`, keeping the newest `keep`."""
+
+    def __init__(self, root: Path | str, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.keep = max(1, keep)
+
+    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Checkpoint:
+        import torch
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        state_path = tmp / STATE_FILE
+        with open(state_path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            "step": step,
+            "saved_at": time.time(),
+            "files": {STATE_FILE: {"size": state_path.stat().st_size, "sha256": _sha256(state_path)}},
+            "meta": meta or {},
+        }
+        fileio.atomic_write_json(tmp / MANIFEST, manifest)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fileio.fsync_dir(self.root)
+        self._prune()
+        return Checkpoint(step, final)
+
+    def all(self) -> list[Checkpoint]:
+        """Committed checkpoints, newest first (validity not checked)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for d in self.root.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if m and d.is_dir():
+                out.append(Checkpoint(int(m.group(1)), d))
+        return sorted(out, key=lambda c: c.step, reverse=True)
+
+    @staticmethod
+    def is_valid(ckpt: Checkpoint) -> bool:
+        try:
+            manifest = fileio.read_json(ckpt.dir / MANIFEST)
+            for name, info in manifest["files"].items():
+                p = ckpt.dir / name
+                if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+                    return False
+            return manifest.get("step") == ckpt.step
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            return False
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint whose files match its manifest."""
+        for ckpt in self.all():
+            if self.is_valid(ckpt):
+                return ckpt
+        return None
+
+    def _prune(self) -> None:
+        for ckpt in self.all()[self.keep:]:
+            shutil.rmtree(ckpt.dir, ignore_errors=True)
+        for stray in self.root.glob(".tmp-step-*"):  # left by a job killed mid-save
+            if stray.stat().st_mtime < time.time() - 60:
+                shutil.rmtree(stray, ignore_errors=True)

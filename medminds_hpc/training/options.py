@@ -1,0 +1,31 @@
+"""Training fields every trainable stage shares (a stage's Config inherits them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def doc(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainOptions:
+    learning_rate: float = field(default=2e-4, metadata=doc("peak learning rate"))
+    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
+    warmup_steps: int = field(default=5, metadata=doc("linear warm-up steps"))
+    lr_scheduler: Literal["linear", "cosine", "constant"] = field(default="linear", metadata=doc("schedule after warm-up"))
+    optimizer: Literal["adamw", "adamw_8bit", "adam"] = field(default="adamw", metadata=doc("adamw_8bit needs CUDA + bitsandbytes; falls back to adamw on CPU"))
+    batch_size: int = field(default=16, metadata=doc("examples per optimizer step (after accumulation)"))
+    grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
+    max_length: int = field(default=256, metadata=doc("tokens per example; longer rows are truncated from the left"))
+    epochs: float = field(default=1.0, metadata=doc("passes over the training split"))
+    max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0: no limit)"))
+    seed: int = field(default=3407, metadata=doc("seed for init, shuffling and dropout"))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=doc("auto: bf16 on Ampere+, fp16 on older CUDA, fp32 on CPU"))
+    checkpoint_every_steps: int = field(default=200, metadata=doc("save trainable state every N steps ..."))
+    checkpoint_every_minutes: float = field(default=20.0, metadata=doc("... or every M minutes, whichever comes first"))
+    keep_checkpoints: int = field(default=2, metadata=doc("checkpoints kept on disk (newest first)"))
+    eval_batch_size: int = field(default=32, metadata=doc("batch size for evaluation"))
+    max_train_rows: int = field(default=0, metadata=doc("use at most this many training rows (0: all)"))
