@@ -110,7 +110,8 @@ def status(
         print(json.dumps([r.as_json() for r in rows], indent=2))
     else:
         table = Table(title=f"runs in {runs.paths.runs_dir()}")
-        for col in ("run", "state", "job", "elapsed", "GPU-h", "progress", "best"):
+        table.add_column("run", no_wrap=True)
+        for col in ("state", "job", "elapsed", "GPU-h", "progress", "best"):
             table.add_column(col)
         for r in rows:
             state = r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else "")

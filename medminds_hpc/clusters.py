@@ -265,13 +265,13 @@ def parse_profile(raw: dict[str, Any], path: Path) -> ClusterProfile:
         for pname in [profile.default_partition, profile.cpu_partition]:
             if pname not in parts:
                 problems.append(f"partition {pname!r} is used as a default but not defined under [partitions]")
-        for gname, g in gpus.items():
-            for pname in g.partitions:
-                if pname not in parts:
-                    problems.append(f"[gpus.{gname}]: partition {pname!r} is not defined under [partitions]")
-        for sname, res in sizes.items():
-            if res.gpu not in (None, "none") and res.gpu not in gpus:
-                problems.append(f"[sizes.{sname}]: unknown GPU type {res.gpu!r}; valid GPU types: {', '.join(sorted(gpus))}")
+    for gname, g in gpus.items():
+        for pname in g.partitions:
+            if pname not in parts:
+                problems.append(f"[gpus.{gname}]: partition {pname!r} is not defined under [partitions]")
+    for sname, res in sizes.items():
+        if res.gpu not in (None, "none") and res.gpu not in gpus:
+            problems.append(f"[sizes.{sname}]: unknown GPU type {res.gpu!r}; valid GPU types: {', '.join(sorted(gpus))}")
     if problems:
         raise UserError(f"{where}: " + "; ".join(problems))
     return profile

@@ -34,6 +34,7 @@ class StageContext:
     _last_progress: float = field(default=0.0, init=False)
     _last_save: float = field(default_factory=time.monotonic, init=False)
     _last_save_step: int = field(default=0, init=False)
+    _pending: dict[str, Any] | None = field(default=None, init=False)
 
     @property
     def run_dir(self) -> Path:
@@ -92,11 +93,17 @@ class StageContext:
         """Record progress in run.json (throttled) so `medminds status` can show it."""
         if metrics:
             self.log({"step": step, **metrics})
+        self._pending = {"step": step, "total": total, "at": runs.now(), **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
         t = time.monotonic()
-        if not force and t - self._last_progress < self.progress_every_s:
+        if force or t - self._last_progress >= self.progress_every_s:
+            self._last_progress = t
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        """Write the latest progress to run.json now (the job calls this when the stage returns)."""
+        info, self._pending = self._pending, None
+        if info is None:
             return
-        self._last_progress = t
-        info = {"step": step, "total": total, "at": runs.now(), **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
 
         def change(d: dict[str, Any]) -> None:
             d.setdefault("progress", {})[str(self.shard)] = info

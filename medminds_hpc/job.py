@@ -88,7 +88,10 @@ class StageJob(submitit.helpers.Checkpointable):
             is_rank_zero=env is None or env.global_rank == 0,
         )
         started = time.time()
-        result = fn(ctx, cfg)
+        try:
+            result = fn(ctx, cfg)
+        finally:
+            ctx.flush_progress()
         elapsed = time.time() - started
 
         def finish(d: dict[str, Any]) -> None:

@@ -42,6 +42,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: malformed TOML: {e}") from None
+        text = str(e)
+        if "end of document" in text:
+            text += f" (line {len(Path(path).read_text(errors='replace').splitlines()) or 1}, the last)"
+        raise UserError(f"{path}: malformed TOML: {text}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None

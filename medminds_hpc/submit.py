@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from medminds_hpc import clusters, experiments, paths, runs, status
-from medminds_hpc.errors import UserError
+from medminds_hpc.errors import StageNotImplemented, UserError
 
 Executor = Literal["slurm", "local", "debug"]
 EXECUTORS = ("slurm", "local", "debug")
@@ -150,8 +150,16 @@ def _record(p: PlannedRun, executor: str) -> dict[str, Any]:
     }
 
 
-def _check_stage_implemented(p: PlannedRun) -> None:
-    p.resolved.experiment.stage_info.run_function()  # raises StageNotImplemented with a clear message
+def _check_stages_implemented(to_run: list[PlannedRun]) -> None:
+    """Refuse the whole command, naming the target's stage first, if any stage it needs is not built yet."""
+    problems = []
+    for p in reversed(to_run):
+        try:
+            p.resolved.experiment.stage_info.run_function()
+        except StageNotImplemented as e:
+            problems.append(f"experiment {p.name}: {e}")
+    if problems:
+        raise StageNotImplemented("; ".join(dict.fromkeys(problems)))
 
 
 def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -> list[PlannedRun]:
@@ -159,8 +167,7 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
     check_executor(executor)
     planned = plan(name, opts)
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
-    for p in to_run:  # refuse before anything is written or submitted
-        _check_stage_implemented(p)
+    _check_stages_implemented(to_run)  # refuse before anything is written or submitted
     if opts.dry_run:
         for p in planned:
             deps = [j for n in p.resolved.experiment.needs for j in _dep_ids(planned, n)]
@@ -217,8 +224,12 @@ def _submit_one(p: PlannedRun, run: runs.Run, executor: str, deps: list[str]) ->
     try:
         jobs = ex.submit_array([StageJob(run.dir, i) for i in range(shards)]) if shards > 1 else [ex.submit(StageJob(run.dir))]
     except Exception as e:
-        message = f"submission failed: {e}"
-        run.update(lambda d: d.update(state=runs.FAILED, error=message))
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = "submission failed: " + " | ".join(dict.fromkeys(lines))
+        if p.action in ("new", "fresh"):
+            shutil.rmtree(run.dir, ignore_errors=True)  # nothing half-written: the run never existed
+        else:
+            run.update(lambda d: d.update(state=runs.FAILED, error=message))
         raise UserError(f"{p.run_id}: {message}") from None
     p.job_ids = [str(j.job_id) for j in jobs]
 

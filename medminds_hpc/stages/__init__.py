@@ -8,6 +8,8 @@ how tests and users add their own stages without editing this file.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -62,7 +64,9 @@ STAGES: dict[str, StageInfo] = {
 def get_stage(name: str) -> StageInfo:
     if name in STAGES:
         return STAGES[name]
-    if "." in name:  # a user's or a test's own stage module
+    if "." in name:  # a user's or a test's own stage module, importable from the current directory
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(name)
         except ImportError as e:

@@ -16,7 +16,7 @@ if [[ ${MEDMINDS_SLURM_KEEP_JOBS:-0} != 1 ]] && pid_alive "$DIR/run/slurmctld.pi
   command -v squeue >/dev/null; then
   jobs=$(squeue -h -o %i 2>/dev/null || true)
   if [[ -n $jobs ]]; then
-    log "cancelling jobs: $(echo $jobs)"
+    log "cancelling jobs: ${jobs//$'\n'/ }"
     # shellcheck disable=SC2086
     scancel $jobs 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do   # up to ~20 s (KillWait=5)

@@ -1,5 +1,5 @@
 # Shared helpers for up.sh / down.sh (sourced, not executed).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 
 DIR=${MEDMINDS_SLURM_DIR:-/var/lib/medminds-dev}
 ETC_SLURM=/etc/slurm

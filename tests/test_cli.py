@@ -1,0 +1,153 @@
+"""The command line as a user meets it: exit codes, one-line errors, nothing written on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, counter_job, run_cli, write_job
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_user_error(proc, *needles, home=None):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    text = " ".join(lines)
+    # rich may wrap a long line on a narrow terminal; the message itself is one line
+    assert proc.stderr.lstrip().startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in text, (n, text)
+    if home is not None:
+        assert not (Path(home) / "runs").exists() or not any((Path(home) / "runs").iterdir())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["status"], ["status", "--json"], ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"]])
+def test_cli_never_imports_heavy_libraries(args, medminds_home):
+    code = (
+        "import sys, runpy; sys.argv = ['medminds', *sys.argv[1:]]\n"
+        "from medminds_hpc import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch','transformers','peft','trl','datasets','bitsandbytes','unsloth','pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "MEDMINDS_HOME": str(medminds_home)})
+    assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+def test_list_json_has_every_experiment():
+    proc = run_cli("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["moe-linear"]["stage"] == "moe" and by_name["moe-linear"]["needs"] == ["prepare", "expert-task", "expert-domain"]
+    assert {"name", "stage", "needs"} <= set(rows[0])
+
+
+def test_unknown_experiment(medminds_home):
+    assert_user_error(run_cli("submit", "expert-tsk", "-d", "micro", "--executor", "local"), "unknown experiment 'expert-tsk'", "expert-task", home=medminds_home)
+
+
+def test_unknown_dataset(medminds_home):
+    assert_user_error(run_cli("submit", "doctor", "-d", "huge", "--executor", "local"), "unknown dataset size 'huge'", "micro, mini, mega", home=medminds_home)
+
+
+def test_unknown_gpu_and_partition(medminds_home):
+    p = run_cli("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "local", "-o", "resources.gpu=h100")
+    assert_user_error(p, "unknown GPU type 'h100'", "a100, rtx8000, v100", home=medminds_home)
+    p = run_cli("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "local", "-o", "resources.partition=long")
+    assert_user_error(p, "unknown partition 'long'", "gpu, gpu-preempt", home=medminds_home)
+    p = run_cli("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "local", "-o", "resources.gpu=a100", "-o", "resources.gpus=3")
+    assert_user_error(p, "3 a100 GPUs on one node is impossible", home=medminds_home)
+
+
+def test_malformed_toml(jobs_dir, medminds_home):
+    path = write_job(jobs_dir, "broken", 'stage = "doctor"\nneeds = [\n')
+    assert_user_error(run_cli("submit", "broken", "-d", "micro", "--executor", "local"), str(path), "malformed TOML", "line", home=medminds_home)
+
+
+def test_unknown_and_illtyped_override(medminds_home):
+    assert_user_error(run_cli("submit", "doctor", "-d", "micro", "--executor", "local", "-o", "expect_gpus=a100"), "-o expect_gpus: unknown key", home=medminds_home)
+    assert_user_error(run_cli("submit", "doctor", "-d", "micro", "--executor", "local", "-o", "check_hub=maybe"), "-o check_hub: expected true or false", home=medminds_home)
+
+
+def test_slurm_executor_without_sbatch(medminds_home, tmp_path):
+    p = run_cli("submit", "doctor", "-d", "micro", "--executor", "slurm", env={"PATH": str(tmp_path)})
+    assert_user_error(p, "--executor slurm: sbatch is not on PATH", home=medminds_home)
+
+
+def test_unknown_executor(medminds_home):
+    assert_user_error(run_cli("submit", "doctor", "-d", "micro", "--executor", "pbs"), "unknown executor 'pbs'", home=medminds_home)
+
+
+def test_unimplemented_stage(medminds_home):
+    assert_user_error(run_cli("submit", "moe-topk", "-d", "micro", "--executor", "local"), "stage 'moe' is not implemented yet", home=medminds_home)
+
+
+def test_run_that_matches_nothing():
+    for cmd in (["logs", "nothing-here"], ["cancel", "nothing-here"], ["status", "nothing-here"]):
+        assert_user_error(run_cli(*cmd), "no run matches 'nothing-here'")
+
+
+def test_unreadable_run_directory(medminds_home):
+    bad = medminds_home / "runs" / "exp-micro-deadbeef"
+    bad.mkdir(parents=True)
+    (bad / "run.json").write_text("{oops")
+    assert_user_error(run_cli("status", "exp-micro-deadbeef"), str(bad / "run.json"), "unreadable run record")
+    assert_user_error(run_cli("status"), "unreadable run record")
+    assert_user_error(run_cli("logs", "exp-micro-deadbeef"), "unreadable run record")
+
+
+def test_submit_status_logs_cancel_end_to_end_local(jobs_dir, medminds_home):
+    write_job(jobs_dir, "count", counter_job(steps=3))
+    p = run_cli("submit", "count", "-d", "micro", "--executor", "local", "--cluster", "dev")
+    assert p.returncode == 0, p.stderr
+    run_id = p.stdout.split(":")[0].strip()
+    st = json.loads(run_cli("status", "--json").stdout)
+    assert [(r["run"], r["state"], r["experiment"], r["dataset"]) for r in st] == [(run_id, "COMPLETED", "count", "micro")]
+    assert run_cli("logs", run_id).returncode == 0
+    c = run_cli("cancel", run_id)
+    assert c.returncode == 0 and "nothing to cancel" in c.stdout
+
+
+def normalise(text: str, home: Path) -> str:
+    return text.replace(str(home), "$MEDMINDS_HOME").replace(sys.executable, "$PYTHON")
+
+
+@pytest.mark.parametrize("cluster", ["dev", "unity"])
+def test_golden_sbatch_script(cluster, medminds_home):
+    """The generated script, byte for byte (regenerate with MEDMINDS_REGEN_GOLDEN=1 after a deliberate change)."""
+    import os
+
+    p = run_cli("submit", "doctor", "-d", "micro", "--cluster", cluster, "--dry-run", "--executor", "debug", env={"COLUMNS": "300"})
+    assert p.returncode == 0, p.stderr
+    got = normalise(p.stdout, medminds_home)
+    golden = GOLDEN / f"doctor-micro-{cluster}.sbatch"
+    if os.environ.get("MEDMINDS_REGEN_GOLDEN"):
+        golden.write_text(got)
+    assert got == golden.read_text()
+
+
+def test_dangerous_characters_never_reach_a_shell_unquoted(tmp_path, monkeypatch, jobs_dir):
+    home = tmp_path / "my home 'quoted' \"dq\" ;$(touch PWNED)`id`"
+    home.mkdir()
+    write_job(jobs_dir, "count", counter_job(steps=2))
+    env = {"MEDMINDS_HOME": str(home)}
+    evil = "x'; touch PWNED2; echo '$(id)"
+    p = run_cli("submit", "count", "-d", "micro", "--cluster", "dev", "--dry-run", "--executor", "debug", "-o", f"marker={evil}", env=env)
+    assert p.returncode == 0, p.stderr
+    script = p.stdout[p.stdout.index("#!/bin/bash"):]
+    import shlex
+    # every line that carries the path carries it as one shell word
+    for line in script.splitlines():
+        if str(home) in line or "PWNED" in line:
+            assert shlex.quote(str(home) + "/runs") in line or "'" in line, line
+    assert evil not in script  # overrides live in run.json, never in the script
+    p = run_cli("submit", "count", "-d", "micro", "--cluster", "dev", "--executor", "local", "-o", f"marker={evil}", env=env)
+    assert p.returncode == 0, p.stderr
+    assert not list(Path(ROOT).glob("PWNED*")) and not list(home.glob("PWNED*")) and not list(tmp_path.glob("PWNED*"))
+    run_json = next((home / "runs").glob("count-*/run.json"))
+    assert json.loads(run_json.read_text())["params"]["marker"] == evil
