@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install medminds into it (idempotent: a second run only checks).
+# CPU machines pin the CPU build of torch (constraints-cpu.txt); with nvidia-smi present, pip picks the CUDA build.
+# Set MEDMINDS_GPU_EXTRA=1 on a GPU node to add unsloth (never in CI: its pins downgrade transformers/trl).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.medminds-installed
+want=$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  extras="dev"
+  [ "${MEDMINDS_GPU_EXTRA:-0}" = 1 ] && extras="dev,gpu"
+  constraints=()
+  command -v nvidia-smi >/dev/null 2>&1 || constraints=(-c constraints-cpu.txt)
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  .venv/bin/pip install -q "${constraints[@]}" -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import medminds_hpc, torch, transformers, peft, trl, submitit" # fail loudly if the install did not work
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,170 @@
+"""ARC (the task expert's data) into the canonical MCQ schema, with exactly four options per question.
+
+Accepted forms: the Hub's `allenai/ai2_arc` (question, choices{text,label}, answerKey; labels letters or "1"-"4"),
+the local JSON lines of ../shared/data/arc ({index, id, question, options:[{label,text}], answer}), the original
+release ({id, question{stem, choices}, answerKey}) and the canonical schema. A question with more than 4 options
+keeps its answer plus 3 others (seeded per id, original order kept); one with fewer than 4 is dropped and counted.
+
+    from medminds_hpc.data.arc import load_arc
+    data = load_arc("../shared/data")      # all ARC files, pooled into "train"
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from medminds_hpc.data import medmcqa, readers, schema, validate
+from medminds_hpc.data.readers import Record
+from medminds_hpc.data.validate import BadRows, IdRegistry, Problem
+from medminds_hpc.errors import UserError
+
+HUB_REPO = "allenai/ai2_arc"
+HUB_CONFIGS: tuple[str, ...] = ("ARC-Challenge", "ARC-Easy")
+FEWER = "fewer than 4 options"
+
+
+def load_arc(
+    source: str | Path | Sequence[str | Path] = "hub",
+    *,
+    hub_splits: Sequence[str] = ("train",),
+    seed: int = 0,
+    bad_rows: str = "strict",
+    synthetic_rows: int = 2000,
+    show_progress: bool | None = None,
+) -> schema.Loaded:
+    """Every ARC question of the source, pooled into one "train" split (the task expert's SFT data).
+
+    hub_splits: which Hub splits of both configs to pool (the paper trained on train).
+    seed: picks the 3 kept distractors of 5-option questions (per question id, so order does not matter).
+    """
+    bad = BadRows("ARC", validate.check_policy(bad_rows))
+    ids = IdRegistry()
+    report: dict[str, Any] = {"source": str(source), "inputs": [], "notes": [], "trimmed_to_4": 0, "label_forms": {}}
+    inputs: list[tuple[str, Any]] = []
+    if source == "hub":
+        for config in HUB_CONFIGS:
+            for split in hub_splits:
+                records, info = readers.hub_records(HUB_REPO, split, config=config)
+                report["inputs"].append(info)
+                inputs.append((info["path"], records))
+    elif source == "synthetic":
+        from medminds_hpc.data import synthetic
+
+        rows = synthetic.arc_rows(synthetic_rows, seed=seed)
+        label = "synthetic:arc"
+        report["inputs"].append({"path": label, "sha256": synthetic.fingerprint(synthetic_rows, seed, "arc"), "rows": len(rows)})
+        inputs.append((label, (Record(label, i, "row", r) for i, r in enumerate(rows, 1))))
+    else:
+        paths = readers.resolve_local(source if isinstance(source, (list, tuple)) else Path(source), "arc")
+        if not paths:
+            raise UserError(f"{source}: no ARC files found (in {source} or its arc/ subfolder)")
+        for path in paths:
+            split = readers.split_of(path.name)
+            if split and split != "train":
+                report["notes"].append(f"{path.name}: ARC {split} split used as task-expert training data")
+            report["inputs"].append({"path": str(path.resolve())})
+            inputs.append((str(path), readers.read_file(path, show_progress)))
+
+    cols = schema.empty_columns("mcq")
+    read = 0
+    for _label, records in inputs:
+        for rec in records:
+            read += 1
+            row = _row(rec, seed, ids, bad, report)
+            if row is not None:
+                for c, v in row.items():
+                    cols[c].append(v)
+    report["dropped"] = bad.finish()
+    report["read"] = {"train": read}
+    report["kept"] = {"train": len(cols["id"])}
+    return schema.Loaded({"train": schema.to_dataset(cols, "mcq")}, report)
+
+
+def _normalise(d: dict[str, Any]) -> tuple[Any, Any, Any, Any, str]:
+    """(question, labels, texts, answer label, answer field name) from any accepted form."""
+    question = d.get("question")
+    if isinstance(question, dict):  # original release: question{stem, choices}
+        choices = question.get("choices")
+        question = question.get("stem")
+        pairs = choices if isinstance(choices, list) else None
+    elif isinstance(d.get("choices"), dict):  # Hub: choices{text: [...], label: [...]}
+        ch = d["choices"]
+        texts, labels = ch.get("text"), ch.get("label")
+        pairs = [{"label": lab, "text": t} for lab, t in zip(labels, texts)] if isinstance(texts, list) and isinstance(labels, list) else None
+    else:  # local: options [{label, text}]
+        pairs = d.get("options") if isinstance(d.get("options"), list) else None
+    field = "answerKey" if "answerKey" in d else "answer"
+    if pairs is None:
+        return question, None, None, d.get(field), field
+    labels = [p.get("label") if isinstance(p, dict) else None for p in pairs]
+    texts = [p.get("text") if isinstance(p, dict) else p for p in pairs]
+    return question, labels, texts, d.get(field), field
+
+
+def _row(rec: Record, seed: int, ids: IdRegistry, bad: BadRows, report: dict[str, Any]) -> dict[str, Any] | None:
+    if rec.data is None:
+        where = rec.where()
+        bad.row([Problem(where, "(whole row)", "a JSON object", rec.error, validate.BAD_JSON)])
+        return None
+    d = rec.data
+    if isinstance(d.get("options"), list) and "answer" in d and not isinstance(d.get("answer"), str):
+        where, problems, row, answer = medmcqa.canonical_row(rec)  # an already canonical row
+        if not problems and row is not None:
+            value = validate.as_int(answer)
+            if value is None or not 0 <= value < schema.NUM_OPTIONS:
+                problems = [Problem(where, "answer", "an integer 0-3", answer, validate.OUT_OF_RANGE)]
+            else:
+                row["answer"] = value
+                problems = ids.check(row["id"], where)
+        return row if bad.row(problems) else None
+
+    where = rec.where(d.get("id"))
+    problems = medmcqa._id_problems(d, where)
+    question, labels, texts, answer, answer_field = _normalise(d)
+    if question is None:
+        problems.append(validate.missing(where, "question", "a non-empty string"))
+    elif not isinstance(question, str) or not question.strip():
+        problems.append(Problem(where, "question", "a non-empty string", question, "empty question" if isinstance(question, str) else f"{validate.WRONG_TYPE} 'question'"))
+    if texts is None:
+        problems.append(validate.missing(where, "options", "a list of {label, text} options"))
+    else:
+        for i, (lab, text) in enumerate(zip(labels, texts)):
+            if not isinstance(text, str):
+                problems.append(Problem(where, f"options[{i}].text", "an option text (a string)", text, validate.NOT_STRING))
+            if not isinstance(lab, (str, int)) or isinstance(lab, bool):
+                problems.append(Problem(where, f"options[{i}].label", "a label like 'A' or '1'", lab, validate.BAD_VALUE))
+    if answer is None:
+        problems.append(validate.missing(where, answer_field, "the correct option's label"))
+    if problems:
+        bad.row(problems)
+        return None
+    labels = [str(lab).strip() for lab in labels]
+    key = str(answer).strip()
+    if key not in labels:
+        bad.row([Problem(where, answer_field, f"one of the option labels {', '.join(labels)}", answer, validate.OUT_OF_RANGE)])
+        return None
+    dup = ids.check(str(d["id"]), where)
+    if dup:
+        bad.row(dup)
+        return None
+    form = "digits" if all(lab.isdigit() for lab in labels) else "letters"
+    report["label_forms"][form] = report["label_forms"].get(form, 0) + 1
+    if len(texts) < schema.NUM_OPTIONS:
+        bad.drop(FEWER)
+        return None
+    keep = keep_four(len(texts), labels.index(key), seed, str(d["id"]))
+    if len(texts) > schema.NUM_OPTIONS:
+        report["trimmed_to_4"] += 1
+    return {"id": str(d["id"]), "question": question, "options": [texts[i] for i in keep], "answer": keep.index(labels.index(key)),
+            "subject": "arc", "topic": "", "choice_type": "single"}
+
+
+def keep_four(n_options: int, answer: int, seed: int, key: str) -> list[int]:
+    """Indices of the 4 options kept: the answer plus 3 others chosen by (seed, question id), in original order."""
+    if n_options <= schema.NUM_OPTIONS:
+        return list(range(n_options))
+    others = [i for i in range(n_options) if i != answer]
+    chosen = random.Random(f"{seed}:{key}").sample(others, schema.NUM_OPTIONS - 1)
+    return sorted([answer, *chosen])

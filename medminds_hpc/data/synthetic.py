@@ -1,0 +1,139 @@
+"""Seeded synthetic data in the canonical schemas, whose answers a tiny model can learn (offline demos and tests).
+
+The rule is one lookup: every question names a CUE (a finding, a disease), and the correct option is the cue's
+PARTNER from a fixed table (polyuria -> Diabetes mellitus, gout -> Allopurinol, ...); the three distractors are
+partners of other cues. So the answer follows from the text: find the option that pairs with the question's cue,
+answer its letter. Letters are balanced exactly (each within one row of 25%), subjects are the 21 MedMCQA subjects
+with MedMCQA's imbalance (Dental ~1/3, Psychiatry well under 1%), choice types ~68% single / 32% multi.
+
+ARC-style rows use the same rule on a science table (subject "arc"); instruct rows state the medical pairs as
+question and answer, so a "domain expert" trained on them knows the facts that the MCQ rows ask about.
+
+    from medminds_hpc.data.synthetic import medmcqa_rows
+    rows = medmcqa_rows(2000, seed=0, split="train")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from medminds_hpc.data.schema import NUM_OPTIONS
+
+GENERATOR_VERSION = "1"
+
+# (cue in the question, the correct option): the whole "knowledge" the synthetic data teaches
+MEDICAL_PAIRS: tuple[tuple[str, str], ...] = (
+    ("polyuria", "Diabetes mellitus"), ("wheezing", "Bronchial asthma"), ("jaundice", "Hepatitis"),
+    ("goitre", "Iodine deficiency"), ("hemarthrosis", "Hemophilia"), ("night blindness", "Vitamin A deficiency"),
+    ("bleeding gums", "Vitamin C deficiency"), ("bowed legs", "Vitamin D deficiency"), ("tetany", "Hypocalcemia"),
+    ("dental caries", "Streptococcus mutans"), ("gingivitis", "Dental plaque"), ("cyclic fever", "Plasmodium"),
+    ("hemoptysis", "Mycobacterium tuberculosis"), ("chancre", "Treponema pallidum"), ("anaphylaxis", "Adrenaline"),
+    ("raised intraocular pressure", "Timolol"), ("hypertension", "Amlodipine"), ("absence seizures", "Ethosuximide"),
+    ("depression", "Fluoxetine"), ("gout", "Allopurinol"), ("lens opacity", "Cataract"),
+    ("ear discharge", "Otitis media"), ("bone pain after trauma", "Fracture"), ("silvery scales", "Psoriasis"),
+)
+SCIENCE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("ice is heated", "It melts."), ("a magnet nears an iron nail", "The nail is attracted."),
+    ("plants get sunlight", "They make food by photosynthesis."), ("water is boiled", "It evaporates."),
+    ("a ball is dropped", "Gravity pulls it down."), ("the Earth rotates", "Day and night occur."),
+    ("a circuit is broken", "The bulb goes out."), ("seeds get water", "They germinate."),
+    ("the Moon orbits the Earth", "Its phases change."), ("a rock weathers", "It breaks into soil."),
+    ("salt dissolves in water", "A solution forms."), ("a frog develops", "A tadpole becomes an adult."),
+)
+# the 21 MedMCQA subjects with weights shaped like the real distribution (Dental ~32%, Psychiatry < 1%)
+SUBJECTS: tuple[tuple[str, int], ...] = (
+    ("Dental", 320), ("Surgery", 90), ("Pathology", 80), ("Pharmacology", 66), ("Medicine", 60), ("Pediatrics", 52),
+    ("Gynaecology & Obstetrics", 50), ("Anatomy", 48), ("Physiology", 40), ("Biochemistry", 35),
+    ("Social & Preventive Medicine", 32), ("Microbiology", 32), ("Ophthalmology", 17), ("Forensic Medicine", 14),
+    ("Radiology", 14), ("ENT", 11), ("Anaesthesia", 8), ("Orthopaedics", 6), ("Skin", 5), ("Psychiatry", 4), ("Unknown", 2),
+)
+MULTI_SHARE = 0.32
+SINGLE_TEMPLATES: tuple[str, ...] = (
+    "A patient presents with {cue}. Which of the following is most likely associated?",
+    "Which of the following is characteristically linked to {cue}?",
+    "{Cue} is most commonly related to:",
+)
+MULTI_TEMPLATES: tuple[str, ...] = (
+    "All of the following are unrelated to {cue} except:",
+    "Which of the following statements about {cue} is true?",
+)
+ARC_TEMPLATES: tuple[str, ...] = ("What most likely happens when {cue}?", "A student observes that {cue}. Which result is expected?")
+INSTRUCT_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("What is most commonly associated with {cue}?", "{Partner} is the classic association of {cue}."),
+    ("A patient has {cue}. What should be considered?", "With {cue}, think of {partner}."),
+)
+INSTRUCTION = "Answer the question truthfully, you are a medical professional."
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _balanced_answers(n: int, rng: random.Random) -> list[int]:
+    answers = [i % NUM_OPTIONS for i in range(n)]
+    rng.shuffle(answers)
+    return answers
+
+
+def _mcq(rng: random.Random, pairs: tuple[tuple[str, str], ...], answer: int, template: str) -> tuple[str, list[str]]:
+    k = rng.randrange(len(pairs))
+    cue, partner = pairs[k]
+    distractors = [pairs[j][1] for j in rng.sample([j for j in range(len(pairs)) if j != k], NUM_OPTIONS - 1)]
+    options = distractors[:answer] + [partner] + distractors[answer:]
+    return template.format(cue=cue, Cue=_cap(cue)), options
+
+
+def medmcqa_rows(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+    """`n` canonical MedMCQA-schema rows; the same (n, seed, split) always gives the same rows."""
+    rng = random.Random(f"medmcqa:{seed}:{split}")
+    names = [s for s, _ in SUBJECTS]
+    weights = [w for _, w in SUBJECTS]
+    rows = []
+    for i, answer in enumerate(_balanced_answers(n, rng)):
+        multi = rng.random() < MULTI_SHARE
+        template = rng.choice(MULTI_TEMPLATES if multi else SINGLE_TEMPLATES)
+        question, options = _mcq(rng, MEDICAL_PAIRS, answer, template)
+        rows.append({"id": f"syn-{split}-{i:06d}", "question": question, "options": options, "answer": answer,
+                     "subject": rng.choices(names, weights)[0], "topic": "",
+                     "choice_type": "multi" if multi else "single"})
+    return rows
+
+
+def arc_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` ARC-style canonical rows (subject "arc") under the same rule, on science pairs."""
+    rng = random.Random(f"arc:{seed}")
+    rows = []
+    for i, answer in enumerate(_balanced_answers(n, rng)):
+        question, options = _mcq(rng, SCIENCE_PAIRS, answer, rng.choice(ARC_TEMPLATES))
+        rows.append({"id": f"syn-arc-{i:06d}", "question": question, "options": options, "answer": answer,
+                     "subject": "arc", "topic": "", "choice_type": "single"})
+    return rows
+
+
+def instruct_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` canonical instruct rows stating the medical pairs (the domain knowledge behind the MCQ rows)."""
+    rng = random.Random(f"instruct:{seed}")
+    rows = []
+    for i in range(n):
+        cue, partner = MEDICAL_PAIRS[rng.randrange(len(MEDICAL_PAIRS))]
+        q, a = rng.choice(INSTRUCT_TEMPLATES)
+        fill = {"cue": cue, "Cue": _cap(cue), "partner": partner, "Partner": _cap(partner)}
+        rows.append({"id": f"syn-instruct-{i:06d}", "instruction": INSTRUCTION, "input": q.format(**fill),
+                     "output": a.format(**fill), "source": "synthetic"})
+    return rows
+
+
+def fingerprint(n: int, seed: int, kind: str) -> str:
+    """Stands in for an input file's sha256 in the data card: changes when the generator or its arguments do."""
+    return hashlib.sha256(f"synthetic:{GENERATOR_VERSION}:{kind}:{n}:{seed}".encode()).hexdigest()
+
+
+def correct_by_rule(row: dict[str, Any]) -> int:
+    """The answer recomputed from the text alone (what a model must learn); tests assert it equals row['answer']."""
+    pairs = SCIENCE_PAIRS if row["subject"] == "arc" else MEDICAL_PAIRS
+    for cue, partner in pairs:
+        if cue in row["question"].lower() and partner in row["options"]:
+            return row["options"].index(partner)
+    raise ValueError(f"row {row['id']!r} does not follow the synthetic rule")

@@ -1,0 +1,256 @@
+"""Evaluation of four-option predictions: the numbers every stage reports, and the files they go in.
+
+Pure numpy/pandas (no torch), so `medminds report` and tests can import it cheaply. Every stage ends with
+
+    m = evaluate_predictions(ids, gold, probs, subjects=subjects, choice_types=choice_types)
+    write_predictions(run_dir / "predictions.parquet", ids, subjects, gold, probs)
+    write_metrics(run_dir, m, train_seconds=..., eval_seconds=...)
+
+Conventions: options are 0-3 (A-D); gold = -1 marks an unlabelled row (MedMCQA test), which is predicted and
+written but excluded from every accuracy figure (counted as n_unlabelled). The prediction is the argmax of the four
+scores, so `probs` may be probabilities or logits.
+
+    python -c "from medminds_hpc.training.metrics import wilson_interval; print(wilson_interval(50, 100))"
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medminds_hpc import fileio
+
+LETTERS = ("A", "B", "C", "D")
+NUM_CHOICES = 4
+UNLABELLED = -1
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_FILE = "metrics.json"
+PREDICTION_COLUMNS = ("id", "subject", "gold", "predicted", "prob_a", "prob_b", "prob_c", "prob_d")
+REQUIRED_METRICS = ("accuracy", "accuracy_ci95", "n", "confusion_matrix", "per_subject")
+
+
+def wilson_interval(correct: int, n: int, z: float = Z_95) -> list[float] | None:
+    """95% Wilson score interval for a proportion: unlike the normal interval it stays inside [0, 1] and is
+    sensible for the small per-subject counts (Psychiatry has a handful of validation questions). None when n = 0."""
+    if n <= 0:
+        return None
+    p = correct / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _as_labels(gold: Any, n: int) -> np.ndarray:
+    """Gold answers as int64 0-3 or -1: accepts ints, letters "A"-"D", and None/NaN/NA/"" for unlabelled."""
+    arr = np.asarray(gold)
+    if arr.dtype.kind in "iub":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":  # e.g. a pandas column with missing labels
+        if not np.all(np.isnan(arr) | (arr == np.round(arr))):
+            raise ValueError("gold answers must be whole numbers 0-3 (A-D) or -1 (unlabelled)")
+        arr = np.where(np.isnan(arr), UNLABELLED, arr).astype(np.int64)
+    else:
+        mapping = {letter: i for i, letter in enumerate(LETTERS)}
+        out = []
+        for g in arr.ravel().tolist():
+            if g is None or type(g).__name__ == "NAType" or (isinstance(g, float) and math.isnan(g)) or g == "":
+                out.append(UNLABELLED)
+            elif isinstance(g, str) and g.strip().upper() in mapping:
+                out.append(mapping[g.strip().upper()])
+            else:
+                try:
+                    out.append(int(g))
+                except (TypeError, ValueError):
+                    raise ValueError(f"gold answer {g!r} is not 0-3, A-D or -1") from None
+        arr = np.asarray(out, dtype=np.int64).reshape(arr.shape)
+    if arr.shape != (n,):
+        raise ValueError(f"gold has shape {arr.shape}, expected ({n},) (one answer per row)")
+    bad = sorted(set(arr.tolist()) - {UNLABELLED, 0, 1, 2, 3})
+    if bad:
+        raise ValueError(f"gold answers must be 0-3 (A-D) or -1 (unlabelled); got {bad[:5]}")
+    return arr
+
+
+def _as_probs(probs: Any) -> np.ndarray:
+    arr = np.asarray(probs, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != NUM_CHOICES:
+        raise ValueError(f"probs has shape {arr.shape}, expected (N, {NUM_CHOICES}): one score per option A-D")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"probs has {bad} row(s) with NaN/inf scores: the model diverged or a batch was empty")
+    return arr
+
+
+def _groups(keys: Sequence[Any] | None, n: int, labelled: np.ndarray, correct: np.ndarray, what: str) -> dict[str, dict]:
+    if keys is None:
+        return {}
+    keys = ["unknown" if k is None or (isinstance(k, float) and math.isnan(k)) else str(k) for k in list(keys)]
+    if len(keys) != n:
+        raise ValueError(f"{what} has {len(keys)} entries for {n} rows")
+    out: dict[str, dict] = {}
+    key_arr = np.asarray(keys, dtype=object)[labelled]
+    corr = correct[labelled]
+    for key in sorted(set(key_arr.tolist())):
+        mask = key_arr == key
+        k, c = int(mask.sum()), int(corr[mask].sum())
+        out[key] = {"n": k, "correct": c, "accuracy": c / k, "accuracy_ci95": wilson_interval(c, k)}
+    return out
+
+
+def _shares(labels: np.ndarray) -> dict[str, float]:
+    n = len(labels)
+    return {letter: (float((labels == i).sum()) / n if n else 0.0) for i, letter in enumerate(LETTERS)}
+
+
+def macro_f1(confusion: np.ndarray) -> float:
+    """Mean per-class F1 over the classes that occur in gold or predictions (sklearn's default label set), so an
+    always-"A" model scores low even though its accuracy is ~29%."""
+    tp = np.diag(confusion).astype(float)
+    gold_n = confusion.sum(axis=1).astype(float)
+    pred_n = confusion.sum(axis=0).astype(float)
+    present = (gold_n + pred_n) > 0
+    if not present.any():
+        return 0.0
+    denom = gold_n + pred_n
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean())
+
+
+def evaluate_predictions(
+    ids: Sequence[Any],
+    gold: Any,
+    probs: Any,
+    subjects: Sequence[Any] | None = None,
+    choice_types: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Accuracy (with Wilson 95% CI), macro-F1, 4x4 confusion matrix (rows gold A-D, columns predicted), per-subject
+    and per-choice-type accuracy, and predicted/gold letter shares. JSON-ready (plain Python types).
+
+    Unlabelled rows (gold -1) count in n_total, n_unlabelled and predicted_share only. With no labelled row at all,
+    accuracy, accuracy_ci95 and macro_f1 are None.
+    """
+    p = _as_probs(probs)
+    n_total = p.shape[0]
+    if len(ids) != n_total:
+        raise ValueError(f"{len(ids)} ids for {n_total} rows of probs")
+    g = _as_labels(gold, n_total)
+    pred = p.argmax(axis=1)
+    labelled = g != UNLABELLED
+    n = int(labelled.sum())
+    correct = (pred == g) & labelled
+    n_correct = int(correct.sum())
+    confusion = np.zeros((NUM_CHOICES, NUM_CHOICES), dtype=np.int64)
+    np.add.at(confusion, (g[labelled], pred[labelled]), 1)
+    return {
+        "accuracy": n_correct / n if n else None,
+        "accuracy_ci95": wilson_interval(n_correct, n),
+        "n": n,
+        "n_correct": n_correct,
+        "n_total": int(n_total),
+        "n_unlabelled": int(n_total - n),
+        "macro_f1": macro_f1(confusion) if n else None,
+        "confusion_matrix": confusion.tolist(),
+        "per_subject": _groups(subjects, n_total, labelled, correct, "subjects"),
+        "per_choice_type": _groups(choice_types, n_total, labelled, correct, "choice_types"),
+        "predicted_share": _shares(pred),
+        "gold_share": _shares(g[labelled]),
+    }
+
+
+def predictions_frame(
+    ids: Sequence[Any],
+    subjects: Sequence[Any] | None,
+    gold: Any,
+    probs: Any,
+    choice_types: Sequence[Any] | None = None,
+) -> Any:
+    """The predictions table: id, subject, gold (-1 unlabelled), predicted, prob_a..prob_d [, choice_type]."""
+    import pandas as pd
+
+    p = _as_probs(probs)
+    n = p.shape[0]
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} rows of probs")
+    if subjects is not None and len(subjects) != n:
+        raise ValueError(f"{len(subjects)} subjects for {n} rows of probs")
+    frame = pd.DataFrame(
+        {
+            "id": pd.Series([str(i) for i in ids], dtype="string"),
+            "subject": pd.Series([None if s is None else str(s) for s in subjects] if subjects is not None else [None] * n, dtype="string"),
+            "gold": _as_labels(gold, n),
+            "predicted": p.argmax(axis=1).astype(np.int64),
+            **{f"prob_{letter.lower()}": p[:, i] for i, letter in enumerate(LETTERS)},
+        }
+    )
+    if choice_types is not None:
+        if len(choice_types) != n:
+            raise ValueError(f"{len(choice_types)} choice_types for {n} rows of probs")
+        frame["choice_type"] = pd.Series([None if c is None else str(c) for c in choice_types], dtype="string")
+    return frame
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    ids: Sequence[Any],
+    subjects: Sequence[Any] | None,
+    gold: Any,
+    probs: Any,
+    *,
+    choice_types: Sequence[Any] | None = None,
+) -> Path:
+    """Write predictions.parquet atomically (a reader sees the old file or the new one). `path` may be the file or
+    the run directory. Returns the file's path."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / PREDICTIONS_FILE
+    frame = predictions_frame(ids, subjects, gold, probs, choice_types)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    fileio.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_predictions(path: str | os.PathLike) -> Any:
+    """predictions.parquet (or a run directory holding one) -> DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    return pd.read_parquet(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python, so json never falls back to str() for a number."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any], train_seconds: float, eval_seconds: float) -> Path:
+    """Write run_dir/metrics.json atomically: the evaluate_predictions dict (plus anything the stage adds) and the
+    wall-clock seconds spent training and evaluating, which `medminds report` turns into GPU-hours."""
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lacks {missing}: pass the dict evaluate_predictions returned (extra keys are fine)")
+    record = {**_jsonable(metrics), "train_seconds": float(train_seconds), "eval_seconds": float(eval_seconds)}
+    path = Path(run_dir) / METRICS_FILE
+    fileio.atomic_write_json(path, record)
+    return path

@@ -1,0 +1,220 @@
+"""Against the real dev cluster (slurm/dev-cluster/up.sh): submit, status, dependencies, arrays, cancel,
+preemption by signal, by partition and by time-out, each ending exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from medminds_hpc import runs, status, submit
+from tests.conftest import counter_job, run_cli, write_job
+from tests.stages.counter import expected_value
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
+
+
+def opts(**kw):
+    kw.setdefault("dataset", "micro")
+    kw.setdefault("cluster", "dev")
+    kw.setdefault("executor", "slurm")
+    return submit.SubmitOptions(**kw)
+
+
+def quiet(_s):
+    pass
+
+
+def state_of(run_id: str) -> status.RunStatus:
+    return status.collect([runs.get(run_id)])[0]
+
+
+def wait_for(run_id: str, states: set[str], timeout: float = 180, also=lambda st: True) -> status.RunStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = state_of(run_id)
+        if st.state in states and also(st):
+            return st
+        time.sleep(0.5)
+    log = "\n".join(p.read_text()[-3000:] for p in runs.get(run_id).log_dir.glob("*.out"))
+    raise AssertionError(f"{run_id} did not reach {states} in {timeout}s: last {st.state} {st.detail}\n{log}")
+
+
+def sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", job_id, "--format=State"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def step_reached(run_id: str, at_least: int) -> bool:
+    prog = runs.get(run_id).data.get("progress", {}).get("0", {})
+    return (prog.get("step") or 0) >= at_least
+
+
+def test_submit_completes_and_shows_in_status(jobs_dir):
+    write_job(jobs_dir, "count", counter_job(steps=3))
+    (p,) = submit.submit("count", opts(), say=quiet)
+    st = wait_for(p.run_id, {runs.COMPLETED})
+    assert st.job_id == p.job_ids[0] and st.node == "gpu002"  # micro -> v100 on the dev cluster
+    assert runs.get(p.run_id).metrics()["value"] == expected_value(3)
+    rows = json.loads(run_cli("status", "--json").stdout)
+    assert [(r["run"], r["state"], r["job_id"]) for r in rows] == [(p.run_id, "COMPLETED", p.job_ids[0])]
+    assert sacct_states(p.job_ids[0]) == ["COMPLETED"]
+
+
+def test_a100_job_lands_on_the_a100_node_with_cuda_visible_devices(medminds_home):
+    p = run_cli("doctor", "--cluster", "dev", "--gpu", "a100", "--executor", "slurm", timeout=200)
+    assert p.returncode == 0, p.stderr
+    run = next(r for r in runs.list_runs()[0] if r.data["experiment"] == "doctor")
+    report = run.metrics()
+    assert report["slurm_nodelist"] == "gpu001" and report["cuda_visible_devices"] not in ("", "(unset)")
+    assert report["expected_gpu"] == "a100" and "cuda_visible_devices: 0" in p.stdout
+    assert status.collect([run])[0].gpu_hours > 0
+
+
+def test_impossible_requests_are_refused_before_sbatch(medminds_home):
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    last_id = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1hour", "--format=JobID"], capture_output=True, text=True).stdout.split()
+    for override, needle in [("resources.gpus=3", "3 a100 GPUs on one node is impossible"), ("resources.gpu=h100", "unknown GPU type 'h100'")]:
+        extra = ["-o", "resources.gpu=a100"] if "gpus=3" in override else []
+        proc = run_cli("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "slurm", *extra, "-o", override)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    # what only sbatch can know (memory no node has) is also one line, exit 2, and leaves no run behind
+    proc = run_cli("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "slurm", "-o", "resources.mem=900G")
+    assert proc.returncode == 2 and "submission failed: sbatch: error" in proc.stderr
+    assert not (medminds_home / "runs").exists() or not any((medminds_home / "runs").iterdir())
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+    after = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1hour", "--format=JobID"], capture_output=True, text=True).stdout.split()
+    assert after == last_id
+
+
+def test_dependant_waits_for_upstream(jobs_dir):
+    write_job(jobs_dir, "up", counter_job(steps=8, sleep_s=0.5))
+    write_job(jobs_dir, "down", counter_job(steps=2, needs='["up"]'))
+    up, down = submit.submit("down", opts(), say=quiet)
+    assert runs.get(down.run_id).data["submissions"][0]["dependencies"] == [up.job_ids[0]]
+    wait_for(up.run_id, {"RUNNING"})
+    reason = subprocess.run(["squeue", "-h", "-j", down.job_ids[0], "-o", "%T %r"], capture_output=True, text=True).stdout
+    assert reason.split()[0] == "PENDING" and "Dependency" in reason
+    wait_for(down.run_id, {runs.COMPLETED})
+    assert state_of(up.run_id).state == runs.COMPLETED
+
+
+def test_dependant_is_cancelled_when_upstream_fails(jobs_dir):
+    write_job(jobs_dir, "up", counter_job(steps=2).replace("steps = 2", "steps = 2\nfail = true"))
+    write_job(jobs_dir, "down", counter_job(steps=2, needs='["up"]'))
+    up, down = submit.submit("down", opts(), say=quiet)
+    st = wait_for(up.run_id, {runs.FAILED})
+    assert "told to fail" in st.detail
+    wait_for(down.run_id, {runs.CANCELLED}, timeout=60)
+    assert sacct_states(down.job_ids[0]) == ["CANCELLED"]
+
+
+def test_array_of_four(jobs_dir):
+    write_job(jobs_dir, "sharded", counter_job(steps=3, extra="shards = 4"))
+    (p,) = submit.submit("sharded", opts(), say=quiet)
+    assert len(p.job_ids) == 4 and len({j.split("_")[0] for j in p.job_ids}) == 1
+    wait_for(p.run_id, {runs.COMPLETED})
+    run = runs.get(p.run_id)
+    assert run.data["shards_done"] == [0, 1, 2, 3]
+    assert sorted(json.loads((run.dir / f"metrics-shard{i}.json").read_text())["shard"] for i in range(4)) == [0, 1, 2, 3]
+    assert all(sacct_states(j) == ["COMPLETED"] for j in p.job_ids)
+
+
+def test_cancel(jobs_dir):
+    write_job(jobs_dir, "long", counter_job(steps=600, sleep_s=0.5))
+    (p,) = submit.submit("long", opts(), say=quiet)
+    wait_for(p.run_id, {"RUNNING"})
+    proc = run_cli("cancel", p.run_id)
+    assert proc.returncode == 0 and "cancelled" in proc.stdout
+    wait_for(p.run_id, {runs.CANCELLED}, timeout=60)
+    deadline = time.time() + 30
+    while sacct_states(p.job_ids[0]) != ["CANCELLED"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert sacct_states(p.job_ids[0]) == ["CANCELLED"]
+
+
+def test_identical_resubmission_reports_the_running_job(jobs_dir):
+    write_job(jobs_dir, "long", counter_job(steps=20, sleep_s=0.3))
+    (p,) = submit.submit("long", opts(), say=quiet)
+    said = []
+    (again,) = submit.submit("long", opts(), say=said.append)
+    assert again.action == "active" and again.job_ids == p.job_ids and "already" in said[0]
+    assert runs.get(p.run_id).job_ids == p.job_ids
+    subprocess.run(["scancel", p.job_ids[0]])
+
+
+def _assert_resumed_exactly(run_id: str, steps: int) -> dict:
+    run = runs.get(run_id)
+    metrics = run.metrics()
+    assert metrics["value"] == expected_value(steps), "resumed run ended differently from an uninterrupted one"
+    assert 0 < metrics["resumed_from"] < steps, metrics
+    assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2
+    assert len(set(run.job_ids)) == 1  # requeued, not resubmitted: one job id across attempts
+    return run.data
+
+
+def test_usr2_signal_checkpoints_requeues_and_resumes(jobs_dir):
+    steps = 40
+    write_job(jobs_dir, "slow", counter_job(steps=steps, sleep_s=0.25))
+    (p,) = submit.submit("slow", opts(), say=quiet)
+    wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 1))
+    time.sleep(1.5)
+    subprocess.run(["scancel", "--signal=USR2", p.job_ids[0]], check=True)
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=240)
+    _assert_resumed_exactly(p.run_id, steps)
+    assert "REQUEUED" in sacct_states(p.job_ids[0])
+
+
+def test_partition_preemption_resumes(jobs_dir):
+    steps = 60
+    write_job(jobs_dir, "victim", counter_job(steps=steps, sleep_s=0.25, resources='[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"'))
+    (p,) = submit.submit("victim", opts(), say=quiet)
+    wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 1))
+    time.sleep(1.0)
+    hog = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", "sleep 3"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=300)
+    _assert_resumed_exactly(p.run_id, steps)
+    assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
+    assert sacct_states(hog) == ["COMPLETED"]
+
+
+def test_time_out_requeues_and_resumes(jobs_dir):
+    """A 2-minute limit with USR2 30 s before it; 150 s of work cannot fit in one allocation."""
+    steps = 300
+    write_job(jobs_dir, "timed", counter_job(steps=steps, sleep_s=0.5, resources='[resources.micro]\ntime = "00:02:00"'))
+    (p,) = submit.submit("timed", opts(), say=quiet)
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
+    data = _assert_resumed_exactly(p.run_id, steps)
+    assert data["attempts"][1]["restart_count"] >= 1
+
+
+def test_home_with_spaces_and_quotes_runs_on_slurm(tmp_path, monkeypatch, jobs_dir):
+    home = tmp_path / "a b 'c' \"d\" ;$(touch PWNED)"
+    home.mkdir()
+    monkeypatch.setenv("MEDMINDS_HOME", str(home))
+    write_job(jobs_dir, "count", counter_job(steps=2))
+    (p,) = submit.submit("count", opts(overrides=["marker=x'; touch PWNED2 #"]), say=quiet)
+    wait_for(p.run_id, {runs.COMPLETED})
+    assert runs.get(p.run_id).dir.parent.parent == home
+    assert not list(Path.cwd().glob("PWNED*")) and not list(home.glob("PWNED*"))
+
+
+def test_status_asks_sacct_once_for_all_runs(jobs_dir, monkeypatch):
+    for i in range(3):
+        write_job(jobs_dir, f"c{i}", counter_job(steps=1))
+        submit.submit(f"c{i}", opts(), say=quiet)
+    calls = []
+    real = subprocess.run
+
+    def spy(cmd, *a, **kw):
+        calls.append(cmd[0])
+        return real(cmd, *a, **kw)
+
+    monkeypatch.setattr(status.subprocess, "run", spy)
+    all_runs, _ = runs.list_runs()
+    status.collect(all_runs)
+    assert calls.count("sacct") == 1 and calls.count("squeue") <= 1
