@@ -14,7 +14,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   constraints=()
   command -v nvidia-smi >/dev/null 2>&1 || constraints=(-c constraints-cpu.txt)
   export PIP_DISABLE_PIP_VERSION_CHECK=1
-  .venv/bin/pip install -q "${constraints[@]}" -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+  log=.venv/install.log
+  if ! .venv/bin/pip install "${constraints[@]}" -e ".[$extras]" >"$log" 2>&1; then
+    tail -n 40 "$log"; echo "install.sh: pip install failed (full log: $log)" >&2; exit 1
+  fi
   .venv/bin/python -c "import medminds_hpc, torch, transformers, peft, trl, submitit" # fail loudly if the install did not work
   echo "$want" > "$stamp"
 fi

@@ -111,7 +111,8 @@ def status(
     else:
         table = Table(title=f"runs in {runs.paths.runs_dir()}")
         table.add_column("run", no_wrap=True)
-        for col in ("state", "job", "elapsed", "GPU-h", "progress", "best"):
+        table.add_column("state", no_wrap=True)
+        for col in ("job", "elapsed", "GPU-h", "progress", "best"):
             table.add_column(col)
         for r in rows:
             state = r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else "")

@@ -78,7 +78,7 @@ def _balanced_answers(n: int, rng: random.Random) -> list[int]:
 
 
 def _mcq(rng: random.Random, pairs: tuple[tuple[str, str], ...], answer: int, template: str) -> tuple[str, list[str]]:
-    k = rng.randrange(len(pairs))
+    k = rng.choice([j for j in range(len(pairs)) if j % NUM_OPTIONS == answer])
     cue, partner = pairs[k]
     distractors = [pairs[j][1] for j in rng.sample([j for j in range(len(pairs)) if j != k], NUM_OPTIONS - 1)]
     options = distractors[:answer] + [partner] + distractors[answer:]
