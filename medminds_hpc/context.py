@@ -72,7 +72,18 @@ class StageContext:
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
         if self.is_rank_zero:
             self.checkpoints.save(step, state, meta)
+        self.saved(step)
+
+    def saved(self, step: int) -> None:
+        """Note a save made elsewhere (the Trainer's), for the every-N-minutes rule."""
         self._last_save, self._last_save_step = time.monotonic(), step
+
+    def save_due_by_time(self) -> bool:
+        return time.monotonic() - self._last_save >= self.checkpoint_every_minutes * 60
+
+    def record_best(self, metric: str, value: float) -> None:
+        if self.is_rank_zero:
+            self.run.update(lambda d: d.update(best={"metric": metric, "value": value}))
 
     def step_done(self, step: int, state: Callable[[], dict[str, Any]], total: int | None = None, **metrics: Any) -> None:
         """Call after every optimizer step: saves when due or asked to stop; raises StopRequested then."""

@@ -273,3 +273,26 @@ def test_4bit_on_cpu_forward_and_one_qlora_step(cached_home):
     assert {n for n in changed if "lora_B" in n} == {n for n in trainable if "lora_B" in n}
     assert torch.equal(quantized[0].weight, frozen_before)  # the 4-bit base is frozen
     print(f"4-bit CPU: load+forward {loaded_s:.2f}s, QLoRA step {time.perf_counter() - start - loaded_s:.2f}s")
+
+
+def test_tiny_4layer_and_a_concurrent_build(medminds_home, monkeypatch):
+    model, tok = load_model("tiny-4layer")
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (4, 256)
+    assert logits(model, tok).shape[-1] == len(tok)
+
+    # another process finishes the same build while ours is still writing: ours yields to it, leaving no temp dir
+    real_build = tiny_models.build
+    winner: list[Path] = []
+
+    def racing_build(cfg, tokenizer):
+        if not winner:
+            monkeypatch.setattr(tiny_models, "build", real_build)
+            winner.append(tiny_models.ensure_cached("tiny", tiny_models.TINY, tokenizers.BUILTIN))
+            monkeypatch.setattr(tiny_models, "build", racing_build)
+        return real_build(cfg, tokenizer)
+
+    monkeypatch.setattr(tiny_models, "build", racing_build)
+    path = tiny_models.ensure_cached("tiny", tiny_models.TINY, tokenizers.BUILTIN)
+    assert winner == [path]
+    assert sorted(p.name for p in (medminds_home / "models").iterdir() if p.name.startswith(".")) == []
+    assert load_model(str(path))[0].config.hidden_size == 64

@@ -241,3 +241,11 @@ def _answer(row: dict[str, Any], cop: Any, base: int | None, convention: str, wh
         return [Problem(where, field, f"an integer {base}-{base + 3} ({convention.split(':')[0]})", cop, validate.OUT_OF_RANGE)]
     row["answer"] = answer
     return []
+
+
+def release_row(row: dict[str, Any], cop_base: int = 1) -> dict[str, Any]:
+    """A canonical row back in the release/Hub field layout (cop_base 1: original release, 0: Hub); for tests and demos."""
+    out = {"id": row["id"], "question": row["question"], "exp": None, "cop": row["answer"] + cop_base if row["answer"] >= 0 else -1,
+           "subject_name": row["subject"], "topic_name": row["topic"] or None, "choice_type": row["choice_type"]}
+    out.update(zip(OPTION_FIELDS, row["options"]))
+    return out

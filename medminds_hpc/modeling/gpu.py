@@ -91,4 +91,7 @@ def precision_name(dtype: Any) -> str:
     """torch.dtype -> "fp32"/"bf16"/"fp16" (for recording what a run used)."""
     import torch
 
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if dtype not in names:
+        raise UserError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+    return names[dtype]

@@ -57,29 +57,35 @@ class CheckpointStore:
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Checkpoint:
         import torch
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"step-{step:08d}"
-        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        state_path = tmp / STATE_FILE
-        with open(state_path, "wb") as f:
+        tmp = self.staging_dir(step)
+        with open(tmp / STATE_FILE, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        manifest = {
-            "step": step,
-            "saved_at": time.time(),
-            "files": {STATE_FILE: {"size": state_path.stat().st_size, "sha256": _sha256(state_path)}},
-            "meta": meta or {},
+        return self.commit(step, tmp, meta)
+
+    def commit(self, step: int, src: Path, meta: dict[str, Any] | None = None) -> Checkpoint:
+        """Turn a fully written directory (e.g. a Trainer checkpoint) into checkpoint `step`."""
+        src = Path(src)
+        files = {
+            str(p.relative_to(src)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(src.rglob("*")) if p.is_file() and p.name != MANIFEST
         }
-        fileio.atomic_write_json(tmp / MANIFEST, manifest)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+        fileio.atomic_write_json(src / MANIFEST, {"step": step, "saved_at": time.time(), "files": files, "meta": meta or {}})
+        final = self.root / f"step-{step:08d}"
+        if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        os.replace(src, final)
         fileio.fsync_dir(self.root)
         self._prune()
         return Checkpoint(step, final)
+
+    def staging_dir(self, step: int) -> Path:
+        """A fresh directory to write checkpoint `step` into before `commit` (ignored until committed)."""
+        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
 
     def all(self) -> list[Checkpoint]:
         """Committed checkpoints, newest first (validity not checked)."""
@@ -115,5 +121,5 @@ class CheckpointStore:
         for ckpt in self.all()[self.keep:]:
             shutil.rmtree(ckpt.dir, ignore_errors=True)
         for stray in self.root.glob(".tmp-step-*"):  # left by a job killed mid-save
-            if stray.stat().st_mtime < time.time() - 60:
+            if not stray.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stray, ignore_errors=True)

@@ -208,7 +208,7 @@ def write_predictions(
     """Write predictions.parquet atomically (a reader sees the old file or the new one). `path` may be the file or
     the run directory. Returns the file's path."""
     path = Path(path)
-    if path.is_dir() or not path.suffix:
+    if path.is_dir() or path.suffix != ".parquet":
         path = path / PREDICTIONS_FILE
     frame = predictions_frame(ids, subjects, gold, probs, choice_types)
     buf = io.BytesIO()

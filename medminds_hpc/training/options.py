@@ -29,3 +29,4 @@ class TrainOptions:
     keep_checkpoints: int = field(default=2, metadata=doc("checkpoints kept on disk (newest first)"))
     eval_batch_size: int = field(default=32, metadata=doc("batch size for evaluation"))
     max_train_rows: int = field(default=0, metadata=doc("use at most this many training rows (0: all)"))
+    report_to: Literal["none", "tensorboard", "wandb"] = field(default="none", metadata=doc("also log to TensorBoard or W&B"))

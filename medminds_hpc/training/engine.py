@@ -1,0 +1,237 @@
+"""The one training mechanism every stage uses: a transformers Trainer (or trl's SFTTrainer) made resumable.
+
+What it adds to the Trainer:
+- checkpoints hold trainable parameters only (adapters, heads, routers) plus the Trainer's optimizer, scheduler,
+  scaler, RNG states and position in the data; each is committed atomically into the run's CheckpointStore and
+  the newest *valid* one is resumed from, so a requeued job continues exactly where it saved;
+- the StageJob stop flag (preemption, approaching time-out) saves at the next step boundary and stops;
+- saves every N steps or M minutes, whichever comes first;
+- per-epoch validation through the stage's own evaluate function, keeping the best trainable weights;
+- step metrics in metrics.jsonl and progress in run.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medminds_hpc import fileio
+from medminds_hpc.context import StageContext, StopRequested
+from medminds_hpc.training.options import TrainOptions
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+@dataclass
+class TrainPlan:
+    """What a stage hands to `train`: the model with its trainable parts unfrozen, data, and how to judge it."""
+
+    model: Any
+    train_dataset: Any
+    options: TrainOptions
+    collator: Callable | None = None
+    evaluate: Callable[[Any], dict[str, Any]] | None = None  # per-epoch validation; returns at least "accuracy"
+    save_best: Callable[[Any, Path], None] | None = None  # writes the trainable weights worth keeping into a dir
+    trainer_class: Any = None  # default: transformers.Trainer; experts pass trl's SFTTrainer
+    args_class: Any = None  # default: transformers.TrainingArguments; SFTTrainer takes trl's SFTConfig
+    args_extra: dict[str, Any] = field(default_factory=dict)
+    trainer_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    train_seconds: float
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    unexpected = set(state) - names
+    missing = names - set(state)
+    if unexpected or missing:
+        raise RuntimeError(f"{path}: checkpoint does not fit this model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    params = dict(model.named_parameters())
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
+def resolve_optimizer(name: str) -> str:
+    """The Trainer's optimizer name; 8-bit AdamW needs CUDA + bitsandbytes and falls back to AdamW."""
+    from medminds_hpc.modeling.gpu import cuda_available
+
+    if name == "adamw_8bit":
+        return "adamw_bnb_8bit" if cuda_available() else "adamw_torch"
+    return "adamw_torch"
+
+
+def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any = None, **extra: Any) -> Any:
+    from transformers import TrainingArguments
+
+    from medminds_hpc.modeling.gpu import cuda_available, pick_precision
+
+    precision = pick_precision(options.precision)
+    micro_batch = max(1, options.batch_size // max(1, options.grad_accum))
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=options.eval_batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        learning_rate=options.learning_rate,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_steps,
+        lr_scheduler_type=options.lr_scheduler,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps if options.max_steps > 0 else -1,
+        optim=resolve_optimizer(options.optimizer),
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda_available(),
+        save_strategy="steps",
+        save_steps=options.checkpoint_every_steps,
+        save_total_limit=None,
+        eval_strategy="no",
+        logging_steps=max(1, min(50, options.checkpoint_every_steps)),
+        report_to=[] if options.report_to == "none" else [options.report_to],
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    kwargs.update(extra)
+    return (args_class or TrainingArguments)(**kwargs)
+
+
+def resumable(trainer_class: Any, ctx: StageContext) -> Any:
+    """`trainer_class` whose checkpoints hold trainable state only and are committed atomically."""
+
+    class Resumable(trainer_class):  # type: ignore[misc,valid-type]
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            from safetensors.torch import save_file
+
+            out = Path(output_dir or self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            if self.args.should_save:
+                save_file(trainable_state(self.model), str(out / TRAINABLE_FILE))
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            super()._save_checkpoint(model, trial)
+            step = self.state.global_step
+            written = Path(self.args.output_dir) / f"checkpoint-{step}"
+            if self.args.should_save and written.is_dir():
+                ctx.checkpoints.commit(step, written, meta={"epoch": self.state.epoch})
+            ctx.saved(step)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            load_trainable_state(model or self.model, Path(resume_from_checkpoint) / TRAINABLE_FILE)
+
+    Resumable.__name__ = f"Resumable{trainer_class.__name__}"
+    return Resumable
+
+
+def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class StageCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.stopped = False
+            best_file = best_dir / "best.json"
+            self.best: dict[str, Any] | None = fileio.read_json(best_file) if best_file.exists() else None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if ctx.stop_requested():
+                self.stopped = True
+                control.should_save = True
+                control.should_training_stop = True
+            elif ctx.save_due_by_time():
+                control.should_save = True
+            ctx.progress(state.global_step, state.max_steps, epoch=round(state.epoch or 0.0, 4))
+            return control
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if logs:
+                ctx.log({"step": state.global_step, "epoch": state.epoch, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if plan.evaluate is None or self.stopped:
+                return
+            import torch
+
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                metrics = plan.evaluate(model)
+            model.train(was_training)
+            record = {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            ctx.log({"eval": True, **record})
+            acc = metrics.get("accuracy")
+            if acc is not None and (self.best is None or acc > self.best["accuracy"]):
+                self.best = {"accuracy": acc, "epoch": record["epoch"], "step": state.global_step}
+                if plan.save_best is not None and ctx.is_rank_zero:
+                    _replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
+                ctx.record_best("accuracy", acc)
+
+    return StageCallback()
+
+
+def _replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
+    """Write a directory under a temporary name, then swap it in: readers see the old or the new, whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
+    """Train `plan.model` to the end, resuming from the newest valid checkpoint; raises StopRequested when asked to stop."""
+    from transformers import Trainer
+
+    staging = ctx.checkpoints.root / ".trainer"
+    shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
+    args = training_arguments(plan.options, staging, plan.args_class, **plan.args_extra)
+    callback = _callback(ctx, plan, ctx.run_dir / "artifacts" / "best")
+    trainer_cls = resumable(plan.trainer_class or Trainer, ctx)
+    trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
+                          callbacks=[callback], **plan.trainer_extra)
+    ckpt = ctx.resume()
+    started = time.time()
+    trainer.train(resume_from_checkpoint=str(ckpt.dir) if ckpt else None)
+    elapsed = time.time() - started
+    shutil.rmtree(staging, ignore_errors=True)
+    if callback.stopped:
+        raise StopRequested(f"stopped at step {trainer.state.global_step} after saving")
+    return TrainOutcome(trainer.state.global_step, elapsed, eval_history(ctx.run_dir), callback.best)
+
+
+def eval_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch validation records across every attempt (an epoch replayed after a hard kill counts once)."""
+    by_epoch: dict[float, dict[str, Any]] = {}
+    for record in fileio.read_jsonl(run_dir / "metrics.jsonl"):
+        if record.get("eval"):
+            by_epoch[record["epoch"]] = {k: v for k, v in record.items() if k not in ("eval", "time", "shard")}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
