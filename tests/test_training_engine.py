@@ -69,7 +69,7 @@ def make_ctx(run_id: str, stop_at: int | None = None) -> StageContext:
 
 
 def plan_for(model, epochs=3.0, **opt) -> TrainPlan:
-    options = TrainOptions(learning_rate=2e-2, batch_size=8, epochs=epochs, warmup_steps=2, seed=7, weight_decay=0.0, **opt)
+    options = TrainOptions(learning_rate=2e-2, batch_size=8, epochs=epochs, warmup_steps=2, seed=7, weight_decay=0.0, checkpoint_every_steps=4, **opt)
     val = Rows(64, seed=99)
     return TrainPlan(model=model, train_dataset=Rows(96, seed=1), options=options, evaluate=lambda m: accuracy(m, val),
                      save_best=lambda m, d: m.save_pretrained(d))
@@ -122,7 +122,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(medminds_home, damage):
     elif damage == "truncated":
         f = ctx.checkpoints.root / "step-00000018" / TRAINABLE_FILE
         f.write_bytes(f.read_bytes()[:64])
-    resumed = tiny_classifier(seed=123)  # a requeued job builds its model afresh: state must come from disk
+    resumed = tiny_classifier()  # a requeued job loads the same frozen base; trainable state must come from disk
+    with torch.no_grad():
+        for p in resumed.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
     outcome = train(make_ctx("int-micro-00000001"), plan_for(resumed))
     got = final_weights(resumed)
     assert got.keys() == expected.keys()

@@ -114,13 +114,17 @@ def _convert(records: Iterable[Record], split: str | None, known_base: int | Non
              cop_base: int | None, ids: IdRegistry, bad: BadRows, label: str):
     """Yield (split, rows-or-None-for-dropped, convention) per split found in one input."""
     pending: dict[str | None, list[tuple[str, list[Problem], dict[str, Any] | None, Any]]] = {}
+    canonical: dict[str | None, bool] = {}
     for rec in records:
-        pending.setdefault(rec.split if rec.split is not None else split, []).append(_parse(rec))
+        key = rec.split if rec.split is not None else split
+        is_canonical = rec.data is not None and "options" in rec.data and "opa" not in rec.data
+        canonical[key] = canonical.get(key, True) and (is_canonical or rec.data is None)
+        pending.setdefault(key, []).append(canonical_row(rec) if is_canonical else _parse(rec))
     for rec_split, items in pending.items():
         labelled = rec_split != "test"
         if known_convention is not None:
             base, convention = known_base, known_convention
-        elif items and all(row is None or "options" in row for _, _, row, _ in items):
+        elif canonical[rec_split]:
             base, convention = 0, CANONICAL_CONVENTION
         else:
             base, convention = _detect(items, cop_base, label, labelled)
@@ -138,8 +142,6 @@ def _parse(rec: Record) -> tuple[str, list[Problem], dict[str, Any] | None, Any]
         where = rec.where()
         return where, [Problem(where, "(whole row)", "a JSON object", rec.error, validate.BAD_JSON)], None, None
     d = rec.data
-    if "options" in d and "opa" not in d:
-        return canonical_row(rec)
     raw_id = d.get("id")
     where = rec.where(raw_id)
     problems = _id_problems(d, where)
@@ -238,7 +240,7 @@ def _answer(row: dict[str, Any], cop: Any, base: int | None, convention: str, wh
     base = 0 if base is None else base
     answer = value - base
     if not 0 <= answer < schema.NUM_OPTIONS:
-        return [Problem(where, field, f"an integer {base}-{base + 3} ({convention.split(':')[0]})", cop, validate.OUT_OF_RANGE)]
+        return [Problem(where, field, f"an integer {base}-{base + 3} (convention: {convention})", cop, validate.OUT_OF_RANGE)]
     row["answer"] = answer
     return []
 

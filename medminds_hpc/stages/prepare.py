@@ -1,9 +1,13 @@
-"""Read, validate and split the three data sources into $MEDMINDS_HOME/data/<size>/."""
+"""Read, validate and split the three data sources into $MEDMINDS_HOME/data/<size>/.
+
+The work is `medminds_hpc.data.prepare.prepare`; this module stays light (the CLI imports Config without
+loading `datasets`, `pyarrow` or `pandas`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from medminds_hpc.training.options import doc
 
@@ -15,3 +19,23 @@ class Config:
     seed: int = field(default=0, metadata=doc("seed for stratified sampling and ARC option choice"))
     cop_base: int | None = field(default=None, metadata=doc("0 or 1: MedMCQA answer convention when a file is ambiguous"))
     bad_rows: Literal["strict", "skip"] = field(default="strict", metadata=doc("fail on invalid rows, or drop and count them"))
+    instruct: list[str] = field(default_factory=lambda: ["mistral-instruct"],
+                                metadata=doc("domain-expert data: any of mistral-instruct (the paper's), wikidoc, medquad"))
+    force: bool = field(default=False, metadata=doc("rebuild even when data/<size>/card.json says it is up to date"))
+
+    def __post_init__(self) -> None:
+        if self.cop_base not in (None, 0, 1):
+            raise ValueError(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
+
+
+def run(ctx: Any, cfg: Config) -> dict[str, Any]:
+    from medminds_hpc.data.prepare import prepare
+
+    card = prepare(ctx.dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base,
+                   bad_rows=cfg.bad_rows, instruct_sources=cfg.instruct, force=cfg.force, show_progress=False,
+                   say=lambda message: print(message, flush=True))
+    ctx.write_metrics(card)
+    result: dict[str, Any] = {f"rows_{name}": info["rows"] for name, info in card.get("splits", {}).items()}
+    result["up_to_date"] = bool(card.get("up_to_date"))
+    result["warnings"] = len(card.get("warnings", []))
+    return result

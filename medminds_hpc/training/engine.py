@@ -156,13 +156,13 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             self.best: dict[str, Any] | None = fileio.read_json(best_file) if best_file.exists() else None
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            ctx.progress(state.global_step, state.max_steps, epoch=round(state.epoch or 0.0, 4))
             if ctx.stop_requested():
                 self.stopped = True
                 control.should_save = True
                 control.should_training_stop = True
             elif ctx.save_due_by_time():
                 control.should_save = True
-            ctx.progress(state.global_step, state.max_steps, epoch=round(state.epoch or 0.0, 4))
             return control
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
