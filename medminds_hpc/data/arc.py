@@ -41,7 +41,7 @@ def load_arc(
     """
     bad = BadRows("ARC", validate.check_policy(bad_rows))
     ids = IdRegistry()
-    report: dict[str, Any] = {"source": str(source), "inputs": [], "notes": [], "trimmed_to_4": 0, "label_forms": {}}
+    report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "notes": [], "trimmed_to_4": 0, "label_forms": {}}
     inputs: list[tuple[str, Any]] = []
     if source == "hub":
         for config in HUB_CONFIGS:
@@ -59,7 +59,7 @@ def load_arc(
     else:
         paths = readers.resolve_local(source if isinstance(source, (list, tuple)) else Path(source), "arc")
         if not paths:
-            raise UserError(f"{source}: no ARC files found (in {source} or its arc/ subfolder)")
+            raise UserError(f"{readers.describe(source)}: no ARC files found (in it or its arc/ subfolder)")
         for path in paths:
             split = readers.split_of(path.name)
             if split and split != "train":
@@ -69,13 +69,14 @@ def load_arc(
 
     cols = schema.empty_columns("mcq")
     read = 0
-    for _label, records in inputs:
-        for rec in records:
-            read += 1
-            row = _row(rec, seed, ids, bad, report)
-            if row is not None:
-                for c, v in row.items():
-                    cols[c].append(v)
+    with readers.paused_gc():
+        for _label, records in inputs:
+            for rec in records:
+                read += 1
+                row = _row(rec, seed, ids, bad, report)
+                if row is not None:
+                    for c, v in row.items():
+                        cols[c].append(v)
     report["dropped"] = bad.finish()
     report["read"] = {"train": read}
     report["kept"] = {"train": len(cols["id"])}

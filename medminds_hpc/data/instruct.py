@@ -69,7 +69,7 @@ def load_instruct(
     folder (its form is read from its columns), or a list of those.
     """
     bad = BadRows("medical instruct", validate.check_policy(bad_rows))
-    report: dict[str, Any] = {"source": str(source), "inputs": [], "notes": [], "rows_by_source": {}}
+    report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "notes": [], "rows_by_source": {}}
     inputs: list[tuple[str, Iterable[Record]]] = []
     if source == "hub":
         for name in check_sources(sources):
@@ -100,21 +100,22 @@ def load_instruct(
             else:
                 raise UserError(f"source {str(item)!r} is neither 'hub', 'synthetic' nor an existing file or folder")
         if not inputs:
-            raise UserError(f"{source}: no medical instruct data found for {', '.join(sources)} "
+            raise UserError(f"{readers.describe(source)}: no medical instruct data found for {', '.join(sources)} "
                             f"(looked in medical_instruct/ and medquad/)")
 
     cols = schema.empty_columns("instruct")
     read = 0
-    for name, records in inputs:
-        number = 0
-        for rec in records:
-            read += 1
-            number += 1
-            row = _row(rec, name, number, bad)
-            if row is not None:
-                report["rows_by_source"][row["source"]] = report["rows_by_source"].get(row["source"], 0) + 1
-                for c, v in row.items():
-                    cols[c].append(v)
+    with readers.paused_gc():
+        for name, records in inputs:
+            number = 0
+            for rec in records:
+                read += 1
+                number += 1
+                row = _row(rec, name, number, bad)
+                if row is not None:
+                    report["rows_by_source"][row["source"]] = report["rows_by_source"].get(row["source"], 0) + 1
+                    for c, v in row.items():
+                        cols[c].append(v)
     # ids are <source>-<n>; two inputs of one source (e.g. two files) must not collide
     seen: dict[str, int] = {}
     for i, id_ in enumerate(cols["id"]):

@@ -56,7 +56,7 @@ def load_medmcqa(
         raise UserError(f"unknown MedMCQA split(s) {unknown}; valid: {', '.join(SPLITS)}")
     bad = BadRows("MedMCQA", policy)
     ids = IdRegistry()
-    report: dict[str, Any] = {"source": str(source), "inputs": [], "conventions": {}, "notes": []}
+    report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "conventions": {}, "notes": []}
     groups: list[tuple[str, str | None, Iterable[Record], int | None, str | None]] = []  # label, split, records, base, convention
 
     if source == "hub":
@@ -78,8 +78,8 @@ def load_medmcqa(
     else:
         paths = readers.resolve_local(source if isinstance(source, (list, tuple)) else Path(source), "medmcqa")
         if not paths:
-            raise UserError(f"{source}: no MedMCQA files found (looked for {', '.join(readers.FILE_SUFFIXES)} files "
-                            f"or save_to_disk folders, in {source} or its medmcqa/ subfolder)")
+            raise UserError(f"{readers.describe(source)}: no MedMCQA files found (looked for {', '.join(readers.FILE_SUFFIXES)} files "
+                            f"or save_to_disk folders, in it or its medmcqa/ subfolder)")
         for path in paths:
             split = readers.split_of(path.name)
             if split is None and not readers.is_saved_dataset(path):
@@ -93,17 +93,18 @@ def load_medmcqa(
 
     out: dict[str, dict[str, list[Any]]] = {s: schema.empty_columns("mcq") for s in splits}
     read: dict[str, int] = {s: 0 for s in splits}
-    for label, split, records, known_base, known_convention in groups:
-        for rec_split, rows, convention in _convert(records, split, known_base, known_convention, cop_base, ids, bad, label):
-            if convention:
-                report["conventions"][label] = convention
-            if rec_split not in out:  # a save_to_disk DatasetDict can hold splits nobody asked for
-                continue
-            read[rec_split] += len(rows)
-            for row in rows:
-                if row is not None:
-                    for c, v in row.items():
-                        out[rec_split][c].append(v)
+    with readers.paused_gc():
+        for label, split, records, known_base, known_convention in groups:
+            for rec_split, rows, convention in _convert(records, split, known_base, known_convention, cop_base, ids, bad, label):
+                if convention:
+                    report["conventions"][label] = convention
+                if rec_split not in out:  # a save_to_disk DatasetDict can hold splits nobody asked for
+                    continue
+                read[rec_split] += len(rows)
+                for row in rows:
+                    if row is not None:
+                        for c, v in row.items():
+                            out[rec_split][c].append(v)
     report["dropped"] = bad.finish()
     report["read"] = read
     report["kept"] = {s: len(out[s]["id"]) for s in splits}

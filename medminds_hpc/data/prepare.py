@@ -22,6 +22,8 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -96,17 +98,25 @@ def _key(options: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
 
 # summaries for the card -------------------------------------------------------------------------------------
 def _mcq_summary(ds: "datasets.Dataset", asked: int | None) -> dict[str, Any]:
-    answers = ds["answer"]
+    answers = schema.column(ds, "answer")
     n = len(answers)
-    labels = {letter: sum(1 for a in answers if a == i) for i, letter in enumerate(schema.LETTERS)}
+    seen = Counter(answers)
+    labels = {letter: seen.get(i, 0) for i, letter in enumerate(schema.LETTERS)}
     return {
         "rows": n,
         "asked": asked if asked is not None else "all",
         "labels": labels,
         "label_share": {k: round(v / n, 4) if n else 0.0 for k, v in labels.items()},
-        "subjects": splits.counts(ds["subject"]),
-        "choice_types": splits.counts(ds["choice_type"]),
+        "subjects": splits.counts(schema.column(ds, "subject")),
+        "choice_types": splits.counts(schema.column(ds, "choice_type")),
     }
+
+
+def _take(ds: "datasets.Dataset", indices: list[int]) -> "datasets.Dataset":
+    """ds.select(indices) without datasets hashing the index list (~1 s at 200k rows); all rows: ds itself."""
+    if indices == list(range(len(ds))):
+        return ds
+    return ds.select(indices, new_fingerprint=uuid.uuid4().hex)
 
 
 def _file_info(path: Path, rows: int) -> dict[str, Any]:
@@ -206,7 +216,7 @@ def prepare(
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; collaborators on a shared filesystem must read it
+            os.chmod(tmp, 0o777 & ~fileio.umask())  # mkdtemp makes 0700; collaborators on a shared filesystem must read it
             card = _build(spec, kind, source, plan, method, seed, cop_base, bad_rows, names, show_progress, say, tmp)
             if kind == "local":
                 card["inputs"] = inputs
@@ -225,12 +235,6 @@ def prepare(
         say(f"warning: {w}")
     say(f"prepared {target}: " + ", ".join(f"{k} {v['rows']:,}" for k, v in card["files"].items()))
     return {**card, "up_to_date": False}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_card(path: Path, card: dict[str, Any]) -> None:
@@ -273,25 +277,25 @@ def _build(spec: splits.SizeSpec, kind: str, source: str, plan: dict[str, list[P
     notes += [f"MedMCQA: {n}" for n in mcq.report["notes"]]
     train_pool, val_pool = mcq["train"], mcq["validation"]
     if len(train_pool) and len(val_pool):
-        train_ix = splits.select(train_pool["subject"], spec.train, method, seed)
-        val_ix = splits.select(val_pool["subject"], spec.validation, method, seed)
+        train_ix = splits.select(schema.column(train_pool, "subject"), spec.train, method, seed)
+        val_ix = splits.select(schema.column(val_pool, "subject"), spec.validation, method, seed)
         warnings += splits.shortfall("MedMCQA train", spec.train, len(train_pool))
         warnings += splits.shortfall("MedMCQA validation", spec.validation, len(val_pool))
-        train, validation = train_pool.select(train_ix), val_pool.select(val_ix)
+        train, validation = _take(train_pool, train_ix), _take(val_pool, val_ix)
         pools = {"train": train_pool, "validation": val_pool}
     elif len(train_pool) or len(val_pool):
         have, missing = ("train", "validation") if len(train_pool) else ("validation", "train")
         pool = train_pool if len(train_pool) else val_pool
-        train_ix, val_ix, more = splits.carve(pool["subject"], spec.train, spec.validation, method, seed, "MedMCQA")
+        train_ix, val_ix, more = splits.carve(schema.column(pool, "subject"), spec.train, spec.validation, method, seed, "MedMCQA")
         warnings += more
         notes.append(f"MedMCQA: the source has no {missing} split: train ({len(train_ix):,}) and validation "
                      f"({len(val_ix):,}) were both taken from its {have} rows ({len(pool):,}), without overlap")
-        train, validation = pool.select(train_ix), pool.select(val_ix)
+        train, validation = _take(pool, train_ix), _take(pool, val_ix)
         pools = {"train": pool, "validation": pool}
     else:
         raise UserError(f"{source}: no valid MedMCQA train or validation rows (read {mcq.report['read']}, dropped {mcq.report['dropped']})")
     for name, chosen in (("train", train), ("validation", validation)):
-        lost = sorted(set(pools[name]["subject"]) - set(chosen["subject"]))
+        lost = sorted(set(schema.column(pools[name], "subject")) - set(schema.column(chosen, "subject")))
         if lost:
             warnings.append(f"MedMCQA {name}: no rows of {', '.join(lost)} (too few in the source for one per subject"
                             f"{' in both splits' if pools['train'] is pools['validation'] else ''}"
@@ -309,7 +313,7 @@ def _build(spec: splits.SizeSpec, kind: str, source: str, plan: dict[str, list[P
         notes += [f"ARC: {n}" for n in loaded.report["notes"]]
         pool = loaded["train"]
         warnings += splits.shortfall("ARC", spec.arc, len(pool))
-        arc_ds = pool.select(splits.select([i.split("_")[0] for i in pool["id"]], spec.arc, method, seed))
+        arc_ds = _take(pool, splits.select([i.split("_")[0] for i in schema.column(pool, "id")], spec.arc, method, seed))
 
     # medical instruct
     ins_ds = None
@@ -324,7 +328,7 @@ def _build(spec: splits.SizeSpec, kind: str, source: str, plan: dict[str, list[P
         notes += [f"instruct: {n}" for n in loaded.report["notes"]]
         pool = loaded["train"]
         warnings += splits.shortfall("instruct", spec.instruct, len(pool))
-        ins_ds = pool.select(splits.select(pool["source"], spec.instruct, method, seed))
+        ins_ds = _take(pool, splits.select(schema.column(pool, "source"), spec.instruct, method, seed))
 
     # the parquet files, into the temporary folder
     outputs: list[tuple[str, Any]] = [("medmcqa_train", train), ("medmcqa_validation", validation)]
@@ -337,7 +341,7 @@ def _build(spec: splits.SizeSpec, kind: str, source: str, plan: dict[str, list[P
         card["splits"]["arc_train"] = _mcq_summary(arc_ds, spec.arc)
     if ins_ds is not None:
         card["splits"]["instruct_train"] = {"rows": len(ins_ds), "asked": spec.instruct if spec.instruct is not None else "all",
-                                            "sources": splits.counts(ins_ds["source"])}
+                                            "sources": splits.counts(schema.column(ins_ds, "source"))}
     for name, ds in outputs:
         path = tmp / OUTPUTS[name]
         _write_parquet(ds, path)

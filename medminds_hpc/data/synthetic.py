@@ -136,7 +136,7 @@ def correct_by_rule(row: dict[str, Any]) -> int:
     """The answer recomputed from the text alone (what a model must learn); tests assert it equals row['answer']."""
     pairs = SCIENCE_PAIRS if row["subject"] == "arc" else MEDICAL_PAIRS
     for cue, partner in pairs:
-        if cue in row["question"].lower() and partner in row["options"]:
+        if cue.lower() in row["question"].lower() and partner in row["options"]:
             return row["options"].index(partner)
     raise ValueError(f"row {row['id']!r} does not follow the synthetic rule")
 
@@ -145,6 +145,6 @@ def letter_of_cue(question: str) -> int:
     """The answer from the question alone (cue k -> letter k % 4): the shortcut a tiny model learns."""
     for pairs in (MEDICAL_PAIRS, SCIENCE_PAIRS):
         for k, (cue, _partner) in enumerate(pairs):
-            if cue in question.lower():
+            if cue.lower() in question.lower():
                 return k % NUM_OPTIONS
     raise ValueError(f"no synthetic cue in {question!r}")

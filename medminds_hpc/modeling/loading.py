@@ -339,4 +339,5 @@ def _load_unsloth(plan: LoadPlan) -> tuple[Any, Any]:
         )
     except OSError as e:
         raise _hub_error(plan.source, e) from None
+    model._medminds_backend = "unsloth"  # LoRA must then be added through FastLanguageModel (modeling/lora.py)
     return model, tokenizers.ensure_pad_token(tok)

@@ -1,9 +1,16 @@
-"""LoRA SFT of one expert on the shared base: the task expert (ARC) or the domain expert (medical instruct)."""
+"""LoRA SFT of one expert on the shared base: the task expert (ARC) or the domain expert (medical instruct).
+
+The loss is on the answer tokens only (a letter for ARC, the answer text for instruct): loss on the prompt too is
+a known way to teach a model to always say "A". Each epoch is validated by next-word letter accuracy on MedMCQA
+validation; the adapter is saved as `artifacts/adapter` (safetensors, `PeftModel.from_pretrained`-loadable),
+which later stages find through the run registry.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from medminds_hpc.training.options import TrainOptions, doc
 
@@ -15,5 +22,124 @@ class Config(TrainOptions):
     lora_alpha: int = field(default=16, metadata=doc("LoRA alpha"))
     lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout"))
     loss_on: Literal["answer", "all"] = field(default="answer", metadata=doc("tokens that carry loss; 'all' teaches the prompt too"))
+    prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("multiple-choice prompt template (ARC and validation)"))
+    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
+    holdout_rows: int = field(default=200, metadata=doc("training rows held out to measure the expert on its own task"))
     epochs: float = 3.0
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adamw_8bit"
+
+
+ADAPTER_DIR = "adapter"
+
+
+def training_rows(cfg: Config, rows: list[dict[str, Any]], tokenizer: Any) -> Any:
+    """Tokenised SFT examples with labels on the answer only (or on everything with loss_on='all')."""
+    import datasets
+
+    from medminds_hpc.data import prompts
+
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for row in rows:
+        prompt, completion = prompts.mcq_parts(row, cfg.prompt) if cfg.data == "arc" else prompts.instruct_parts(row)
+        ex = prompts.encode_completion(tokenizer, prompt, completion, max_length=cfg.max_length)
+        if cfg.loss_on == "all":
+            ex["labels"] = list(ex["input_ids"])
+        for key in columns:
+            columns[key].append(ex[key])
+    return datasets.Dataset.from_dict(columns)
+
+
+def validate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: Config) -> tuple[dict[str, Any], Any]:
+    """Next-word letter accuracy (and the rest of the evaluation) on MedMCQA validation rows."""
+    from medminds_hpc.modeling.scoring import letter_logprobs, to_probs
+    from medminds_hpc.training.metrics import evaluate_predictions
+
+    probs = to_probs(letter_logprobs(model, tokenizer, rows, cfg.prompt, batch_size=cfg.eval_batch_size))
+    result = evaluate_predictions([r["id"] for r in rows], [r["answer"] for r in rows], probs,
+                                  subjects=[r["subject"] for r in rows], choice_types=[r["choice_type"] for r in rows])
+    return result, probs
+
+
+def own_task_accuracy(model: Any, tokenizer: Any, holdout: list[dict[str, Any]], cfg: Config) -> float:
+    """How well the expert does what it was trained for, on held-out training rows.
+
+    ARC: next-word letter accuracy. Instruct: teacher-forced accuracy of the answer tokens.
+    """
+    if not holdout:
+        return float("nan")
+    if cfg.data == "arc":
+        from medminds_hpc.modeling.scoring import letter_logprobs
+
+        scores = letter_logprobs(model, tokenizer, holdout, cfg.prompt, batch_size=cfg.eval_batch_size)
+        return float((scores.argmax(axis=1) == [r["answer"] for r in holdout]).mean())
+    import torch
+
+    from medminds_hpc.data import prompts
+
+    device = next(model.parameters()).device
+    right = total = 0
+    for row in holdout:
+        ex = prompts.encode_completion(tokenizer, *prompts.instruct_parts(row), max_length=cfg.max_length)
+        ids = torch.tensor([ex["input_ids"]], device=device)
+        labels = torch.tensor(ex["labels"][1:], device=device)
+        predicted = model(input_ids=ids).logits[0, :-1].argmax(-1)
+        keep = labels != prompts.IGNORE_INDEX
+        right += int((predicted[keep] == labels[keep]).sum())
+        total += int(keep.sum())
+    return right / max(1, total)
+
+
+def epoch_metrics(model: Any, tokenizer: Any, val_rows: list[dict[str, Any]], holdout: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    result, _ = validate(model, tokenizer, val_rows, cfg)
+    return {"accuracy": result["accuracy"], "task_accuracy": own_task_accuracy(model, tokenizer, holdout, cfg)}
+
+
+def run(ctx: Any, cfg: Config) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    from medminds_hpc import fileio
+    from medminds_hpc.data.prepare import load_prepared
+    from medminds_hpc.modeling.loading import load_model
+    from medminds_hpc.modeling.lora import add_lora
+    from medminds_hpc.training import engine, metrics
+
+    source = "arc_train" if cfg.data == "arc" else "instruct_train"
+    train_rows = load_prepared(ctx.dataset, source).to_list()
+    holdout_n = min(cfg.holdout_rows, len(train_rows) // 10)
+    holdout, train_rows = train_rows[len(train_rows) - holdout_n:], train_rows[: len(train_rows) - holdout_n]
+    if cfg.max_train_rows:
+        train_rows = train_rows[: cfg.max_train_rows]
+    val_rows = load_prepared(ctx.dataset, "medmcqa_validation").to_list()
+    if cfg.eval_rows:
+        val_rows = val_rows[: cfg.eval_rows]
+
+    base, tokenizer = load_model(ctx.model)
+    model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+    plan = engine.TrainPlan(
+        model=model,
+        train_dataset=training_rows(cfg, train_rows, tokenizer),
+        options=cfg,
+        evaluate=lambda m: epoch_metrics(m, tokenizer, val_rows, holdout, cfg),
+        save_best=lambda m, d: m.save_pretrained(str(d)),
+        trainer_class=SFTTrainer,
+        args_class=SFTConfig,
+        args_extra={"max_length": cfg.max_length, "dataset_num_proc": None, "packing": False},
+        trainer_extra={"processing_class": tokenizer},
+    )
+    outcome = engine.train(ctx, plan)
+
+    adapter_dir = ctx.run_dir / "artifacts" / ADAPTER_DIR
+    engine.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
+    started = time.time()
+    model.eval()
+    result, probs = validate(model, tokenizer, val_rows, cfg)
+    eval_seconds = time.time() - started
+    metrics.write_predictions(ctx.run_dir, [r["id"] for r in val_rows], [r["subject"] for r in val_rows],
+                              [r["answer"] for r in val_rows], probs, choice_types=[r["choice_type"] for r in val_rows])
+    result.update(steps=outcome.steps, train_rows=len(train_rows), best=outcome.best, epochs=outcome.history,
+                  task_accuracy=own_task_accuracy(model, tokenizer, holdout, cfg), holdout_rows=len(holdout),
+                  adapter=str(adapter_dir))
+    metrics.write_metrics(ctx.run_dir, result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
+    fileio.atomic_write_json(ctx.run_dir / "artifacts" / "expert.json", {"data": cfg.data, "model": ctx.model, "adapter": ADAPTER_DIR})
+    return {"accuracy": result["accuracy"], "steps": outcome.steps}
+

@@ -24,8 +24,16 @@ class Config:
     force: bool = field(default=False, metadata=doc("rebuild even when data/<size>/card.json says it is up to date"))
 
     def __post_init__(self) -> None:
+        from medminds_hpc.data.instruct import SOURCES  # light: the data loaders import datasets lazily
+
+        problems = []
         if self.cop_base not in (None, 0, 1):
-            raise ValueError(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
+            problems.append(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
+        unknown = [s for s in self.instruct if s not in SOURCES]
+        if unknown or not self.instruct:
+            problems.append(f"instruct: unknown source(s) {unknown or '(none given)'}; valid: {', '.join(SOURCES)}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:

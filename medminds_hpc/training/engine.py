@@ -185,13 +185,13 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             if acc is not None and (self.best is None or acc > self.best["accuracy"]):
                 self.best = {"accuracy": acc, "epoch": record["epoch"], "step": state.global_step}
                 if plan.save_best is not None and ctx.is_rank_zero:
-                    _replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
+                    replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
                 ctx.record_best("accuracy", acc)
 
     return StageCallback()
 
 
-def _replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
+def replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
     """Write a directory under a temporary name, then swap it in: readers see the old or the new, whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -219,11 +219,18 @@ def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     ckpt = ctx.resume()
     started = time.time()
     trainer.train(resume_from_checkpoint=str(ckpt.dir) if ckpt else None)
-    elapsed = time.time() - started
+    total = _add_train_seconds(ctx, time.time() - started)
     shutil.rmtree(staging, ignore_errors=True)
     if callback.stopped:
         raise StopRequested(f"stopped at step {trainer.state.global_step} after saving")
-    return TrainOutcome(trainer.state.global_step, elapsed, eval_history(ctx.run_dir), callback.best)
+    return TrainOutcome(trainer.state.global_step, total, eval_history(ctx.run_dir), callback.best)
+
+
+def _add_train_seconds(ctx: StageContext, seconds: float) -> float:
+    """Training time summed over every attempt (requeues included), kept in run.json."""
+    key = f"train_seconds_shard{ctx.shard}" if ctx.num_shards > 1 else "train_seconds"
+    data = ctx.run.update(lambda d: d.__setitem__(key, round(d.get(key, 0.0) + seconds, 3)))
+    return data[key]
 
 
 def eval_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,194 @@
+"""prepare(): outputs and card, the real ../shared/data layout, idempotence, atomicity, and the `prepare` stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from medminds_hpc.data import prepare as prep  # noqa: E402
+from medminds_hpc.data.card import card_table  # noqa: E402
+from medminds_hpc.data.medmcqa import release_row  # noqa: E402
+from medminds_hpc.errors import UserError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "medmcqa").exists(), reason=f"real data absent ({SHARED}); it ships with CI's ../shared/data")
+QUIET = {"say": lambda message: None}
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDMINDS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_synthetic_micro_outputs_and_card(tmp_path):
+    card = prep.prepare("micro", source="synthetic", **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    assert sorted(p.name for p in out.iterdir()) == ["arc_train.parquet", "card.json", "instruct_train.parquet",
+                                                     "medmcqa_train.parquet", "medmcqa_validation.parquet"]
+    assert json.loads((out / "card.json").read_text())["key"] == card["key"]
+    train = prep.load_prepared("micro", "medmcqa_train")
+    assert len(train) == 2000 and train.column_names == ["id", "question", "options", "answer", "subject", "topic", "choice_type"]
+    assert prep.load_prepared("micro", "instruct_train").column_names == ["id", "instruction", "input", "output", "source"]
+    assert card["splits"]["medmcqa_train"]["label_share"] == {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}
+    assert len(card["splits"]["medmcqa_train"]["subjects"]) == 21
+    assert card["files"]["medmcqa_train.parquet"]["rows"] == 2000 and len(card["files"]["medmcqa_train.parquet"]["sha256"]) == 64
+    assert card["options"]["split"] == "stratified" and card["up_to_date"] is False
+
+
+@needs_shared
+def test_real_data_folder(tmp_path):
+    card = prep.prepare("micro", source=str(SHARED), instruct_sources=("mistral-instruct", "medquad"), **QUIET)
+    conv = card["medmcqa"]["conventions"]
+    assert list(conv.values())[0].startswith("1-based")
+    assert card["splits"]["medmcqa_train"]["rows"] + card["splits"]["medmcqa_validation"]["rows"] == 970
+    assert any("no train split" in n for n in card["notes"]) and any("the source has 970" in w for w in card["warnings"])
+    assert card["splits"]["arc_train"]["rows"] == 1168 and card["arc"]["dropped"] == {"fewer than 4 options": 4}
+    assert card["splits"]["instruct_train"]["sources"] == {"medquad": 1429, "mistral-instruct": 571}
+    assert {i["path"] for i in card["inputs"]} >= {str((SHARED / "medmcqa" / "dev-sample.jsonl").resolve())}
+    assert all(len(i["sha256"]) == 64 for i in card["inputs"])
+    train = prep.load_prepared("micro", "medmcqa_train")
+    val = prep.load_prepared("micro", "medmcqa_validation")
+    assert not set(train["id"]) & set(val["id"])
+    # rendering works and mentions the convention
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(card_table(card))
+    text = console.export_text()
+    assert "medmcqa_train.parquet" in text and "1-based" in text
+
+
+def _source(tmp_path: Path, n_train: int = 60, n_val: int = 20) -> Path:
+    """A small local source in the original release format (train.json + dev.json)."""
+    from medminds_hpc.data import synthetic
+
+    folder = tmp_path / "src" / "medmcqa"
+    folder.mkdir(parents=True)
+    for name, split, n in (("train.json", "train", n_train), ("dev.json", "validation", n_val)):
+        (folder / name).write_text("".join(json.dumps(release_row(r)) + "\n" for r in synthetic.medmcqa_rows(n, split=split)))
+    return folder.parent
+
+
+def test_first_split_is_the_first_rows(tmp_path):
+    src = _source(tmp_path, 2500, 600)
+    prep.prepare("micro", source=str(src), split="first", **QUIET)
+    raw = [json.loads(line) for line in (src / "medmcqa" / "train.json").read_text().splitlines()]
+    assert prep.load_prepared("micro", "medmcqa_train")["id"] == [r["id"] for r in raw[:2000]]
+    assert len(prep.load_prepared("micro", "medmcqa_validation")) == 500
+
+
+def test_stratified_split_keeps_every_subject(tmp_path):
+    src = _source(tmp_path, 2500, 600)
+    prep.prepare("micro", source=str(src), **QUIET)
+    raw = [json.loads(line) for line in (src / "medmcqa" / "train.json").read_text().splitlines()]
+    train = prep.load_prepared("micro", "medmcqa_train")
+    assert len(train) == 2000 and set(train["subject"]) == {r["subject_name"] for r in raw}
+
+
+def test_idempotent_nothing_rewritten(tmp_path):
+    src = _source(tmp_path)
+    first = prep.prepare("micro", source=str(src), **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    before = mtimes(out)
+    again = prep.prepare("micro", source=str(src), **QUIET)
+    assert again["up_to_date"] is True and again["key"] == first["key"] and mtimes(out) == before
+    # another option or a changed input rebuilds
+    assert prep.prepare("micro", source=str(src), seed=1, **QUIET)["up_to_date"] is False
+    with open(src / "medmcqa" / "dev.json", "a") as f:
+        f.write(json.dumps(release_row({"id": "extra", "question": "q?", "options": ["a", "b", "c", "d"], "answer": 3,
+                                        "subject": "Dental", "topic": "", "choice_type": "single"})) + "\n")
+    rebuilt = prep.prepare("micro", source=str(src), seed=1, **QUIET)
+    assert rebuilt["up_to_date"] is False and rebuilt["splits"]["medmcqa_validation"]["rows"] == 21
+
+
+def test_failure_midway_leaves_previous_output(tmp_path, monkeypatch):
+    src = _source(tmp_path)
+    prep.prepare("micro", source=str(src), **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_write = prep._write_parquet
+    calls = []
+
+    def failing(ds, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        real_write(ds, path)
+
+    monkeypatch.setattr(prep, "_write_parquet", failing)
+    with pytest.raises(OSError, match="simulated"):
+        prep.prepare("micro", source=str(src), seed=7, **QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".micro.tmp")] == []
+    # an invalid source fails before touching anything as well
+    (src / "medmcqa" / "dev.json").write_text('{"id": "x"}\n')
+    with pytest.raises(UserError, match="dev.json line 1"):
+        prep.prepare("micro", source=str(src), **QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_crash_between_the_two_renames_is_recovered(tmp_path):
+    src = _source(tmp_path)
+    prep.prepare("micro", source=str(src), **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    os.rename(out, out.parent / ".micro.old-123-456")  # as if killed right after moving the old output aside
+    assert prep.prepare("micro", source=str(src), **QUIET)["up_to_date"] is True
+    assert (out / "card.json").exists() and not list(out.parent.glob(".micro.old-*"))
+
+
+def test_single_file_source_is_medmcqa_only(tmp_path):
+    src = _source(tmp_path)
+    card = prep.prepare("micro", source=str(src / "medmcqa" / "train.json"), **QUIET)
+    assert set(card["files"]) == {"medmcqa_train.parquet", "medmcqa_validation.parquet"}
+    assert any("arc_train.parquet not written" in w for w in card["warnings"])
+    with pytest.raises(UserError, match="arc_train.parquet does not exist.*medminds prepare --dataset micro"):
+        prep.data_file("micro", "arc_train")
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="micro, mini, mega"):
+        prep.prepare("tiny", source="synthetic", **QUIET)
+    with pytest.raises(UserError, match="neither 'hub', 'synthetic'"):
+        prep.prepare("micro", source="/nonexistent/data", **QUIET)
+    with pytest.raises(UserError, match="cop_base=2"):
+        prep.prepare("micro", source="synthetic", cop_base=2, **QUIET)
+    with pytest.raises(UserError, match="strict .* or skip"):
+        prep.prepare("micro", source="synthetic", bad_rows="ignore", **QUIET)
+
+
+def test_stage_run_writes_card_into_metrics(tmp_path):
+    from medminds_hpc.stages.prepare import Config, run
+
+    class Ctx:
+        dataset = "micro"
+        metrics: dict = {}
+
+        def write_metrics(self, metrics, name="metrics.json"):
+            Ctx.metrics = metrics
+
+    result = run(Ctx(), Config(source="synthetic"))
+    assert result["rows_medmcqa_train"] == 2000 and result["up_to_date"] is False
+    assert Ctx.metrics["splits"]["medmcqa_validation"]["rows"] == 500
+    assert run(Ctx(), Config(source="synthetic"))["up_to_date"] is True
+
+
+def test_stage_module_import_is_light():
+    code = ("import sys, medminds_hpc.stages.prepare, medminds_hpc.data.prepare, medminds_hpc.data.prompts; "
+            "heavy = [m for m in ('datasets', 'pyarrow', 'pandas', 'torch', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

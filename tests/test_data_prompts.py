@@ -1,0 +1,94 @@
+"""Prompts with the REAL Mistral tokenizer: single-token letters at the answer position, under either padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medminds_hpc.data import prompts, synthetic
+from medminds_hpc.errors import UserError
+
+TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "mistral-7b-v0.1"
+MISTRAL_LETTERS = [330, 365, 334, 384]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if not TOKENIZER.exists():
+        pytest.skip(f"real Mistral tokenizer absent ({TOKENIZER}); it ships with CI's ../shared/data")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+
+
+ROW = {"id": "x", "question": "Drug of choice for absence seizures?", "options": ["Phenytoin", "Ethosuximide", "Carbamazepine", "Lamotrigine"],
+       "answer": 1, "subject": "Pharmacology", "topic": "", "choice_type": "single"}
+
+
+def test_templates():
+    paper = prompts.mcq_prompt(ROW, "paper")
+    assert paper == ("Drug of choice for absence seizures?\nA. Phenytoin\nB. Ethosuximide\nC. Carbamazepine\nD. Lamotrigine\n"
+                     "[INST] Solve this Multiple Choice Question and provide the correct option out of four options (A,B,C,D) "
+                     "as the answer. [/INST]\nAnswer:")
+    assert prompts.mcq_prompt(ROW, "harness") == (
+        "Question: Drug of choice for absence seizures?\nChoices:\nA. Phenytoin\nB. Ethosuximide\nC. Carbamazepine\nD. Lamotrigine\nAnswer:")
+    assert prompts.mcq_parts(ROW) == (paper, " B")
+    with pytest.raises(UserError, match="paper .* or harness"):
+        prompts.mcq_prompt(ROW, "alpaca")
+
+
+def test_letter_token_ids_are_the_real_mistral_ids(tok):
+    assert prompts.letter_token_ids(tok) == MISTRAL_LETTERS
+
+
+@pytest.mark.parametrize("template", ["paper", "harness"])
+def test_answer_letter_is_one_token_at_the_answer_position(tok, template):
+    prompt = prompts.mcq_prompt(ROW, template)
+    for answer, letter_id in enumerate(MISTRAL_LETTERS):
+        with_answer = prompts.encode_prompts(tok, [prompt + prompts.answer_text(answer)], max_length=512)
+        alone = prompts.encode_prompts(tok, [prompt], max_length=512)
+        assert with_answer["input_ids"].shape[1] == alone["input_ids"].shape[1] + 1
+        assert int(with_answer["input_ids"][0, int(with_answer["last_index"][0])]) == letter_id
+        assert with_answer["input_ids"][0, :-1].tolist() == alone["input_ids"][0].tolist()  # the prompt's tokens unchanged
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_last_index_under_padding(tok, side):
+    rows = synthetic.medmcqa_rows(6, seed=0)
+    texts = [prompts.mcq_prompt(r) for r in rows] + ["Answer:"]
+    batch = prompts.encode_prompts(tok, texts, max_length=512, padding_side=side)
+    ids, mask, last = batch["input_ids"], batch["attention_mask"], batch["last_index"]
+    answer_colon = tok("Answer:", add_special_tokens=False)["input_ids"][-1]
+    for i, text in enumerate(texts):
+        n = len(tok(text)["input_ids"])
+        assert int(mask[i].sum()) == n
+        assert int(ids[i, int(last[i])]) == answer_colon  # every prompt ends in "Answer:" -> ':' at last_index
+        assert int(mask[i, int(last[i])]) == 1
+        if side == "left":
+            assert int(last[i]) == ids.shape[1] - 1 and mask[i, : ids.shape[1] - n].sum() == 0
+        else:
+            assert int(last[i]) == n - 1 and mask[i, n:].sum() == 0
+    assert int(mask[-1].sum()) < int(mask[0].sum())  # the batch really was padded
+
+
+def test_long_prompts_are_cut_from_the_left(tok):
+    long_row = {**ROW, "question": "word " * 600 + "Which drug?"}
+    batch = prompts.encode_prompts(tok, [prompts.mcq_prompt(long_row)], max_length=64)
+    ids = batch["input_ids"][0].tolist()
+    assert len(ids) == 64 and ids[0] == tok.bos_token_id
+    assert tok.decode(ids[1:]).endswith("[/INST]\nAnswer:")
+
+
+def test_multi_token_letters_are_refused():
+    class CharTokenizer:
+        name_or_path = "chars"
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+        def convert_ids_to_tokens(self, ids):
+            return [chr(i) for i in ids]
+
+    with pytest.raises(UserError, match="expected exactly one"):
+        prompts.letter_token_ids(CharTokenizer())
