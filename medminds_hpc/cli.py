@@ -91,6 +91,36 @@ def submit(
 
 
 @app.command()
+def prepare(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="micro | mini | mega"),
+    source: str = typer.Option("hub", "--source", help="hub | synthetic | PATH (a file, or a folder laid out like shared/data)"),
+    split: str = typer.Option("stratified", "--split", help="first (the paper's first N rows) | stratified (by subject)"),
+    seed: int = typer.Option(0, "--seed"),
+    cop_base: Optional[int] = typer.Option(None, "--cop-base", help="MedMCQA answer convention of an ambiguous file: 0 or 1"),
+    bad_rows: str = typer.Option("strict", "--bad-rows", help="strict (fail) | skip (drop and count)"),
+    instruct: str = typer.Option("mistral-instruct", "--instruct", help="domain data, comma-separated: mistral-instruct, wikidoc, medquad"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if up to date"),
+) -> None:
+    """Read, validate and split the data into $MEDMINDS_HOME/data/<size>/ (here, not as a job)."""
+    from medminds_hpc import config, experiments
+    from medminds_hpc.stages import prepare as prepare_stage
+
+    try:
+        experiments.check_dataset(dataset)
+        cfg = config.build(prepare_stage.Config, {"source": source, "split": split, "seed": seed, "cop_base": cop_base,
+                                                  "bad_rows": bad_rows, "force": force,
+                                                  "instruct": [s.strip() for s in instruct.split(",") if s.strip()]}, "medminds prepare")
+        from medminds_hpc.data.card import card_table
+        from medminds_hpc.data.prepare import prepare as run_prepare
+
+        card = run_prepare(dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base, bad_rows=cfg.bad_rows,
+                           instruct_sources=cfg.instruct, force=cfg.force, say=lambda m: console.print(m, highlight=False, markup=False))
+    except UserError as e:
+        return fail(str(e))
+    console.print(card_table(card))
+
+
+@app.command()
 def status(
     run: List[str] = typer.Argument(None, help="run ids (default: every run)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),

@@ -155,6 +155,22 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def split_overrides(top: str, chain: list[str], overrides: list[str]) -> dict[str, list[str]]:
+    """Route `-o` items to experiments: `key=v` and `resources.key=v` go to `top`, `NAME.key=v` to the needed
+    experiment NAME (e.g. `-o prepare.source=synthetic`)."""
+    routed: dict[str, list[str]] = {name: [] for name in chain}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        head, dot, rest = key.strip().partition(".")
+        if dot and head != "resources" and head in available():
+            if head not in routed:
+                raise UserError(f"-o {item!r}: {head} is not part of this submission; it involves {', '.join(chain)}")
+            routed[head].append(f"{rest}={value}")
+        else:
+            routed[top].append(item)
+    return routed
+
+
 def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: list[str] | None = None) -> Resolved:
     """Bind an experiment to a dataset size, model and `-o key=value` overrides, validating all of them."""
     check_dataset(dataset)

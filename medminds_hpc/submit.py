@@ -69,6 +69,7 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
     profile = clusters.load_profile(opts.cluster)
     ordered: list[PlannedRun] = []
     by_name: dict[str, PlannedRun] = {}
+    routed = experiments.split_overrides(name, _chain(name), opts.overrides)
 
     def visit(exp_name: str, chain: tuple[str, ...], top: bool) -> PlannedRun:
         if exp_name in chain:
@@ -77,7 +78,7 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
             return by_name[exp_name]
         exp = experiments.load(exp_name)
         needs = {n: visit(n, chain + (exp_name,), False).run_id for n in exp.needs}
-        resolved = experiments.resolve(exp, opts.dataset, opts.model, opts.overrides if top else [])
+        resolved = experiments.resolve(exp, opts.dataset, opts.model, routed.get(exp_name, []))
         size_defaults = profile.sizes.get(opts.dataset)
         layers = [
             {k: v for k, v in vars(size_defaults).items() if v is not None} if size_defaults else {},
@@ -106,6 +107,18 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
 
     visit(name, (), True)
     return ordered
+
+
+def _chain(name: str) -> list[str]:
+    """`name` and everything it needs, transitively (for routing overrides; cycles are reported by plan)."""
+    seen: list[str] = []
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.append(current)
+            stack += experiments.load(current).needs
+    return seen
 
 
 def _folder(run_id: str) -> Path:
@@ -201,7 +214,8 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
         jobs[p.run_id] = job
         verb = {"new": "submitted", "fresh": "submitted afresh", "resume": "resubmitted (resumes)"}[p.action]
         dep_text = f" after {', '.join(deps)}" if deps else ""
-        say(f"{p.run_id}: {verb} as job {', '.join(p.job_ids)}{dep_text} [{executor}, {p.resources.summary()}]")
+        where = f"slurm, {p.resources.summary()}" if executor == "slurm" else executor
+        say(f"{p.run_id}: {verb} as job {', '.join(p.job_ids)}{dep_text} [{where}]")
     for p in planned:
         p.jobs = jobs.get(p.run_id, [])
     if wait:
