@@ -95,6 +95,7 @@ def test_expert_resumes_exactly(micro_data):
     ckpts = [c.step for c in StageContext(run=run).checkpoints.all()]
     assert ckpts[0] == 13
     resumed = run_stage("expert-task-micro-0000000b", cfg)
+    assert run.reload().data["resumed_from_steps"] == [13]
     a, b = runs.get("expert-task-micro-0000000a").metrics(), run.metrics()
     assert resumed == reference
     for key in ("accuracy", "task_accuracy", "confusion_matrix", "epochs"):

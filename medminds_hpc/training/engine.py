@@ -217,6 +217,8 @@ def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
                           callbacks=[callback], **plan.trainer_extra)
     ckpt = ctx.resume()
+    if ckpt is not None:
+        ctx.run.update(lambda d: d.setdefault("resumed_from_steps", []).append(ckpt.step))
     started = time.time()
     trainer.train(resume_from_checkpoint=str(ckpt.dir) if ckpt else None)
     total = _add_train_seconds(ctx, time.time() - started)

@@ -1,0 +1,72 @@
+"""Training on the real dev cluster: an expert interrupted by USR2 or by partition preemption resumes from its
+checkpoint and ends with exactly the metrics and adapter of an uninterrupted run."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import torch
+
+from medminds_hpc import runs, submit
+from medminds_hpc.data.prepare import prepare
+from tests.conftest import write_job
+from tests.test_expert import run_stage, small
+from tests.test_slurm import sacct_states, step_reached, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+
+PARAMS = dict(epochs=3.0, max_train_rows=480)
+
+
+@pytest.fixture
+def expert_job(jobs_dir, medminds_home):
+    prepare("micro", source="synthetic", say=lambda *_: None)
+    cfg = small(**PARAMS)
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + "\n".join(lines) + '\n[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"\n')
+    reference = run_stage("expert-task-micro-reference", cfg)
+    return reference, runs.get("expert-task-micro-reference")
+
+
+def _submit():
+    (p,) = submit.submit("expert-small", submit.SubmitOptions(dataset="micro", cluster="dev", executor="slurm", model="tiny"), say=lambda _s: None)
+    return p
+
+
+def _assert_same_as_reference(run_id: str, reference_run: runs.Run) -> None:
+    from safetensors.torch import load_file
+
+    run = runs.get(run_id)
+    assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2
+    assert run.data["resumed_from_steps"] and min(run.data["resumed_from_steps"]) > 0  # resumed, not restarted
+    got, want = run.metrics(), reference_run.metrics()
+    for key in ("accuracy", "task_accuracy", "confusion_matrix", "per_subject", "epochs", "steps"):
+        assert got[key] == want[key], key
+    wa = load_file(str(reference_run.artifacts_dir / "adapter" / "adapter_model.safetensors"))
+    wb = load_file(str(run.artifacts_dir / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_expert_resumes_exactly_after_usr2(expert_job):
+    _, reference_run = expert_job
+    p = _submit()
+    wait_for(p.run_id, {"RUNNING"}, timeout=120, also=lambda st: step_reached(p.run_id, 1))
+    time.sleep(3)
+    subprocess.run(["scancel", "--signal=USR2", p.job_ids[0]], check=True)
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
+    _assert_same_as_reference(p.run_id, reference_run)
+
+
+def test_expert_resumes_exactly_after_partition_preemption(expert_job):
+    _, reference_run = expert_job
+    p = _submit()
+    wait_for(p.run_id, {"RUNNING"}, timeout=120, also=lambda st: step_reached(p.run_id, 1))
+    time.sleep(3)
+    hog = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", "sleep 2"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=500)
+    _assert_same_as_reference(p.run_id, reference_run)
+    assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
+    assert sacct_states(hog) == ["COMPLETED"]
