@@ -46,12 +46,13 @@ def mixed_rows() -> list[dict]:
 def test_learns_the_synthetic_rule_and_saves_head_and_lora():
     prepare_synthetic()
     ctx = stage_ctx("baseline-classifier-mistral-micro-00000001")
-    result = run_classifier(ctx, fast())
+    cfg = fast(epochs=2.0, lora_dropout=0.0)  # 64 steps, ~10 s on 2 idle cores
+    result = run_classifier(ctx, cfg)
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
-    assert result["accuracy"] == metrics["accuracy"] >= 0.8  # chance is 0.25; ~0.95 in practice
+    assert result["accuracy"] == metrics["accuracy"] >= 0.8  # chance is 0.25; ~0.89 in practice
     assert set(REQUIRED_METRICS) <= set(metrics) and metrics["n"] == 200
-    assert metrics["steps"] == 96 and metrics["train_seconds"] > 0 and metrics["eval_seconds"] > 0
-    assert [round(e["epoch"]) for e in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["steps"] == 64 and metrics["train_seconds"] > 0 and metrics["eval_seconds"] > 0
+    assert [round(e["epoch"]) for e in metrics["epochs"]] == [1, 2]
     assert metrics["epochs"][-1]["accuracy"] == metrics["accuracy"]  # the final model, evaluated again at the end
     saved = ctx.run.artifacts_dir / "classifier"
     assert {HEAD_FILE, INFO_FILE, "lora"} <= {p.name for p in saved.iterdir()}
@@ -59,8 +60,8 @@ def test_learns_the_synthetic_rule_and_saves_head_and_lora():
     assert not [p for p in ctx.run.artifacts_dir.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
     # the saved head + LoRA reproduce the written predictions on a freshly built model
-    rows = [r for r in _validation_rows()][:200]
-    fresh, tok = build_classifier("tiny", fast())
+    rows = _validation_rows()[:200]
+    fresh, tok = build_classifier("tiny", cfg)
     load_classifier_state(fresh, saved)
     fresh.eval()
     np.testing.assert_allclose(to_probs(head_logits(fresh, tok, rows, batch_size=64)),
@@ -163,14 +164,14 @@ def test_checkpoints_hold_lora_and_head_only():
 
 def test_stopped_and_resumed_equals_uninterrupted():
     prepare_synthetic()
-    cfg = fast(max_train_rows=128, epochs=2.0, eval_rows=64, checkpoint_every_steps=4)  # 8 steps per epoch
+    cfg = fast(max_train_rows=96, epochs=2.0, eval_rows=64, checkpoint_every_steps=4)  # 6 steps per epoch, LoRA dropout on
     ref = stage_ctx("baseline-classifier-mistral-micro-00000003", checkpoint_every_steps=4)
     run_classifier(ref, cfg)
 
-    stopped = stage_ctx("baseline-classifier-mistral-micro-00000004", stop_at=11, checkpoint_every_steps=4)
+    stopped = stage_ctx("baseline-classifier-mistral-micro-00000004", stop_at=7, checkpoint_every_steps=4)  # mid-epoch 2
     with pytest.raises(StopRequested):
         run_classifier(stopped, cfg)
-    assert [c.step for c in stopped.checkpoints.all()] == [11, 8]
+    assert [c.step for c in stopped.checkpoints.all()] == [7, 4]
     assert not (stopped.run_dir / "metrics.json").exists()
     resumed = stage_ctx("baseline-classifier-mistral-micro-00000004", checkpoint_every_steps=4)  # the requeued job
     run_classifier(resumed, cfg)

@@ -41,6 +41,7 @@ class TrainPlan:
     args_class: Any = None  # default: transformers.TrainingArguments; SFTTrainer takes trl's SFTConfig
     args_extra: dict[str, Any] = field(default_factory=dict)
     trainer_extra: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[Any] = field(default_factory=list)  # more TrainerCallbacks (e.g. a benchmark's clock)
 
 
 @dataclass
@@ -215,7 +216,7 @@ def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     callback = _callback(ctx, plan, ctx.run_dir / "artifacts" / "best")
     trainer_cls = resumable(plan.trainer_class or Trainer, ctx)
     trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
-                          callbacks=[callback], **plan.trainer_extra)
+                          callbacks=[callback, *plan.callbacks], **plan.trainer_extra)
     ckpt = ctx.resume()
     if ckpt is not None:
         ctx.run.update(lambda d: d.setdefault("resumed_from_steps", []).append(ckpt.step))
