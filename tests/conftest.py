@@ -40,6 +40,20 @@ def jobs_dir(tmp_path, monkeypatch):
     return d
 
 
+def submit_options(**kw):
+    """SubmitOptions for the dev cluster profile; `executor` defaults to local."""
+    from medminds_hpc.submit import SubmitOptions
+
+    kw.setdefault("dataset", "micro")
+    kw.setdefault("cluster", "dev")
+    kw.setdefault("executor", "local")
+    return SubmitOptions(**kw)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
 def write_job(jobs_dir: Path, name: str, text: str) -> Path:
     p = jobs_dir / f"{name}.toml"
     p.write_text(text)

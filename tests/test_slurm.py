@@ -11,21 +11,16 @@ from pathlib import Path
 import pytest
 
 from medminds_hpc import runs, status, submit
-from tests.conftest import counter_job, run_cli, write_job
+from tests.conftest import counter_job, quiet, submit_options, run_cli, write_job
 from tests.stages.counter import expected_value
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 
 
 def opts(**kw):
-    kw.setdefault("dataset", "micro")
-    kw.setdefault("cluster", "dev")
     kw.setdefault("executor", "slurm")
-    return submit.SubmitOptions(**kw)
+    return submit_options(**kw)
 
-
-def quiet(_s):
-    pass
 
 
 def state_of(run_id: str) -> status.RunStatus:

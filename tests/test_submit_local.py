@@ -10,19 +10,14 @@ import pytest
 
 from medminds_hpc import runs, status, submit
 from medminds_hpc.errors import UserError
-from tests.conftest import counter_job, write_job
+from tests.conftest import counter_job, quiet, submit_options, write_job
 from tests.stages.counter import expected_value
 
 
 def opts(**kw):
-    kw.setdefault("dataset", "micro")
-    kw.setdefault("cluster", "dev")
     kw.setdefault("executor", "local")
-    return submit.SubmitOptions(**kw)
+    return submit_options(**kw)
 
-
-def quiet(_s):
-    pass
 
 
 def test_debug_executor_runs_in_process(jobs_dir):

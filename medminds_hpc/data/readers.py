@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from medminds_hpc import fileio
 from medminds_hpc.errors import UserError
 
 FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet")
@@ -66,11 +67,7 @@ def data_inputs(directory: Path) -> list[Path]:
 
 # fingerprints ---------------------------------------------------------------------------------------------
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return fileio.sha256_file(path)
 
 
 def fingerprint(path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ favour of the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,14 +22,6 @@ from medminds_hpc import fileio
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "state.pt"
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -68,7 +59,7 @@ class CheckpointStore:
         """Turn a fully written directory (e.g. a Trainer checkpoint) into checkpoint `step`."""
         src = Path(src)
         files = {
-            str(p.relative_to(src)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            str(p.relative_to(src)): {"size": p.stat().st_size, "sha256": fileio.sha256_file(p)}
             for p in sorted(src.rglob("*")) if p.is_file() and p.name != MANIFEST
         }
         fileio.atomic_write_json(src / MANIFEST, {"step": step, "saved_at": time.time(), "files": files, "meta": meta or {}})
@@ -104,7 +95,7 @@ class CheckpointStore:
             manifest = fileio.read_json(ckpt.dir / MANIFEST)
             for name, info in manifest["files"].items():
                 p = ckpt.dir / name
-                if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+                if p.stat().st_size != info["size"] or fileio.sha256_file(p) != info["sha256"]:
                     return False
             return manifest.get("step") == ckpt.step
         except (OSError, KeyError, TypeError, json.JSONDecodeError):
