@@ -266,8 +266,10 @@ def _wait_for(jobs: list[Any], p: PlannedRun) -> None:
     for job in jobs:
         try:
             job.result()
-        except Exception as e:  # the job failed: its run.json says why
-            raise UserError(f"{p.run_id}: job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+        except Exception as e:  # the job failed: its run.json says why (the stage's own message), else submitit
+            recorded = runs.load(paths.runs_dir() / p.run_id).data.get("error")
+            why = recorded or (str(e).strip().splitlines() or ["unknown"])[-1]
+            raise UserError(f"{p.run_id}: job {job.job_id} failed: {why} (log: medminds logs {p.run_id})") from None
     run = runs.load(paths.runs_dir() / p.run_id)
     if run.state != runs.COMPLETED:
         raise UserError(f"{p.run_id}: ended in state {run.state}: {run.data.get('error', 'see `medminds logs ' + p.run_id + '`')}")
