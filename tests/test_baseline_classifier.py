@@ -12,7 +12,7 @@ import torch
 
 from medminds_hpc.context import StopRequested
 from medminds_hpc.data import synthetic
-from medminds_hpc.modeling.heads import HEAD_FILE, INFO_FILE, LastTokenClassifier, load_classifier_state
+from medminds_hpc.modeling.heads import HEAD_FILE, INFO_FILE, load_classifier_state
 from medminds_hpc.modeling.loading import load_model
 from medminds_hpc.modeling.scoring import head_logits, letter_logprobs, to_probs
 from medminds_hpc.stages.baseline import ClassifierConfig, build_classifier, run_classifier
@@ -146,12 +146,15 @@ def test_expert_is_merged_or_stacked_with_the_same_result():
     np.testing.assert_allclose(to_probs(head_logits(stacked, tok, rows)), to_probs(letter_logprobs(expert_lm, tok, rows)), atol=1e-5)
 
 
-def test_checkpoints_hold_lora_and_head_only():
+def test_checkpoints_hold_lora_and_head_only_and_best_can_be_kept():
     from safetensors.torch import load_file
 
     prepare_synthetic()
     ctx = stage_ctx("baseline-classifier-mistral-micro-00000002", checkpoint_every_steps=2)
-    run_classifier(ctx, fast(max_train_rows=64, epochs=1.0, eval_rows=32, checkpoint_every_steps=2))
+    run_classifier(ctx, fast(max_train_rows=64, epochs=2.0, eval_rows=32, checkpoint_every_steps=2, keep="best"))
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["kept"] == f"best (epoch {metrics['best']['epoch']})"
+    assert metrics["accuracy"] == metrics["best"]["accuracy"] == max(e["accuracy"] for e in metrics["epochs"])
     ckpt = ctx.checkpoints.latest()
     state = load_file(str(ckpt.dir / TRAINABLE_FILE))
     assert {"score.weight", "score.bias"} <= set(state)
@@ -181,3 +184,24 @@ def test_stopped_and_resumed_equals_uninterrupted():
     got = {k: v for k, v in json.loads((resumed.run_dir / "metrics.json").read_text()).items() if k not in timing}
     assert got == want
     np.testing.assert_array_equal(read_predictions(resumed.run_dir)[PROBS].to_numpy(), read_predictions(ref.run_dir)[PROBS].to_numpy())
+
+
+def test_under_a_4bit_base_the_expert_stays_active_and_frozen():
+    pytest.importorskip("bitsandbytes", reason="4-bit loading needs bitsandbytes")
+    from medminds_hpc.modeling.adapters import attach_adapters
+    from medminds_hpc.stages.baseline import prompt_collator
+
+    expert = make_expert("domain", seed=22)
+    pair = ("domain", expert.artifacts_dir / "adapter")
+    clf, tok = build_classifier("tiny", fast(head_init="letters"), pair, quantize="4bit")
+    assert list(clf.lm.peft_config) == ["domain", "default"] and clf.lm.base_model.active_adapter == ["domain", "default"]
+    clf.eval()
+    rows = mixed_rows()
+    base, _ = load_model("tiny", quantize="4bit")
+    expert_lm = attach_adapters(base, {"domain": pair[1]})
+    np.testing.assert_allclose(to_probs(head_logits(clf, tok, rows)), to_probs(letter_logprobs(expert_lm, tok, rows)), atol=1e-5)
+    clf.train()
+    clf(**prompt_collator(tok, 256)([{"prompt": "Gout?\nAnswer:", "label": i} for i in range(4)]))["loss"].backward()
+    grads = {n: p.grad for n, p in clf.named_parameters() if p.requires_grad}
+    assert all(".default." in n or n.startswith("score.") for n in grads)
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # B: A's grad is 0 while B = 0

@@ -224,8 +224,9 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
         raise UserError(f"no MedMCQA training rows for dataset {ctx.dataset!r}; rerun `medminds prepare --dataset {ctx.dataset}`")
     expert = expert_adapter(ctx, cfg.adapter)
     classifier, tokenizer = build_classifier(model_name(ctx), cfg, expert)
+    stacked = len(getattr(classifier.lm, "peft_config", {})) > 1  # the expert kept as an adapter (4-bit base)
     info = {"model": ctx.model, "adapter": cfg.adapter, "expert_adapter": str(expert[1]) if expert else None,
-            "expert_mode": None if expert is None else ("stacked" if len(getattr(classifier.lm, "peft_config", {})) > 1 else "merged"),
+            "expert_mode": None if expert is None else ("stacked" if stacked else "merged"),
             "head_init": cfg.head_init, "prompt": cfg.prompt, "max_length": cfg.max_length,
             "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}}
 
@@ -245,7 +246,7 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
 
     kept = "last"
     if cfg.keep == "best" and outcome.best is not None:
-        load_classifier_state(classifier, ctx.run_dir / "artifacts" / "best")
+        load_classifier_state(classifier, ctx.run.artifacts_dir / "best")  # where the engine keeps the best epoch
         kept = f"best (epoch {outcome.best['epoch']})"
     classifier.eval()
     if ctx.is_rank_zero:
