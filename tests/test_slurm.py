@@ -43,6 +43,16 @@ def sacct_states(job_id: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def settled_sacct(job_id: str, timeout: float = 30) -> list[str]:
+    """sacct's states once the job has left RUNNING/COMPLETING (run.json is final before the process exits)."""
+    deadline = time.time() + timeout
+    while True:
+        states = sacct_states(job_id)
+        if (states and not {"RUNNING", "COMPLETING", "PENDING"} & set(states[-1:])) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
+
+
 def step_reached(run_id: str, at_least: int) -> bool:
     prog = runs.get(run_id).data.get("progress", {}).get("0", {})
     return (prog.get("step") or 0) >= at_least
@@ -56,7 +66,7 @@ def test_submit_completes_and_shows_in_status(jobs_dir):
     assert runs.get(p.run_id).metrics()["value"] == expected_value(3)
     rows = json.loads(run_cli("status", "--json").stdout)
     assert [(r["run"], r["state"], r["job_id"]) for r in rows] == [(p.run_id, "COMPLETED", p.job_ids[0])]
-    assert sacct_states(p.job_ids[0]) == ["COMPLETED"]
+    assert settled_sacct(p.job_ids[0]) == ["COMPLETED"]
 
 
 def test_a100_job_lands_on_the_a100_node_with_cuda_visible_devices(medminds_home):
@@ -104,7 +114,7 @@ def test_dependant_is_cancelled_when_upstream_fails(jobs_dir):
     st = wait_for(up.run_id, {runs.FAILED})
     assert "told to fail" in st.detail
     wait_for(down.run_id, {runs.CANCELLED}, timeout=60)
-    assert sacct_states(down.job_ids[0]) == ["CANCELLED"]
+    assert settled_sacct(down.job_ids[0]) == ["CANCELLED"]
 
 
 def test_array_of_four(jobs_dir):
@@ -115,7 +125,7 @@ def test_array_of_four(jobs_dir):
     run = runs.get(p.run_id)
     assert run.data["shards_done"] == [0, 1, 2, 3]
     assert sorted(json.loads((run.dir / f"metrics-shard{i}.json").read_text())["shard"] for i in range(4)) == [0, 1, 2, 3]
-    assert all(sacct_states(j) == ["COMPLETED"] for j in p.job_ids)
+    assert all(settled_sacct(j) == ["COMPLETED"] for j in p.job_ids)
 
 
 def test_cancel(jobs_dir):
@@ -125,10 +135,7 @@ def test_cancel(jobs_dir):
     proc = run_cli("cancel", p.run_id)
     assert proc.returncode == 0 and "cancelled" in proc.stdout
     wait_for(p.run_id, {runs.CANCELLED}, timeout=60)
-    deadline = time.time() + 30
-    while sacct_states(p.job_ids[0]) != ["CANCELLED"] and time.time() < deadline:
-        time.sleep(0.5)
-    assert sacct_states(p.job_ids[0]) == ["CANCELLED"]
+    assert settled_sacct(p.job_ids[0]) == ["CANCELLED"]
 
 
 def test_identical_resubmission_reports_the_running_job(jobs_dir):
@@ -174,7 +181,7 @@ def test_partition_preemption_resumes(jobs_dir):
     wait_for(p.run_id, {runs.COMPLETED}, timeout=300)
     _assert_resumed_exactly(p.run_id, steps)
     assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
-    assert sacct_states(hog) == ["COMPLETED"]
+    assert settled_sacct(hog) == ["COMPLETED"]
 
 
 def test_time_out_requeues_and_resumes(jobs_dir):

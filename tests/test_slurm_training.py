@@ -13,7 +13,7 @@ from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
 from tests.conftest import write_job
 from tests.test_expert import run_stage, small
-from tests.test_slurm import sacct_states, step_reached, wait_for
+from tests.test_slurm import sacct_states, settled_sacct, step_reached, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -69,4 +69,4 @@ def test_expert_resumes_exactly_after_partition_preemption(expert_job):
     wait_for(p.run_id, {runs.COMPLETED}, timeout=500)
     _assert_same_as_reference(p.run_id, reference_run)
     assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
-    assert sacct_states(hog) == ["COMPLETED"]
+    assert settled_sacct(hog) == ["COMPLETED"]
