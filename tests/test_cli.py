@@ -151,3 +151,21 @@ def test_dangerous_characters_never_reach_a_shell_unquoted(tmp_path, monkeypatch
     assert not list(Path(ROOT).glob("PWNED*")) and not list(home.glob("PWNED*")) and not list(tmp_path.glob("PWNED*"))
     run_json = next((home / "runs").glob("count-*/run.json"))
     assert json.loads(run_json.read_text())["params"]["marker"] == evil
+
+
+def test_prepare_bad_input(medminds_home, tmp_path):
+    assert_user_error(run_cli("prepare", "-d", "micro", "--source", str(tmp_path / "missing")), "neither 'hub', 'synthetic' nor an existing file")
+    assert_user_error(run_cli("prepare", "-d", "micro", "--split", "random"), "split: expected one of 'first', 'stratified'")
+    assert_user_error(run_cli("prepare", "-d", "giant", "--source", "synthetic"), "unknown dataset size 'giant'")
+    assert_user_error(run_cli("prepare", "-d", "micro", "--source", "synthetic", "--cop-base", "3"), "cop_base: expected 0")
+    bad = tmp_path / "medmcqa.jsonl"
+    bad.write_text('{"id": "q1", "question": "", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1, "subject_name": "Anatomy", "choice_type": "single"}\n')
+    p = run_cli("prepare", "-d", "micro", "--source", str(bad), "--cop-base", "1")
+    assert_user_error(p, str(bad), "q1", "question")
+    assert not (medminds_home / "data" / "micro").exists()
+
+
+def test_prepare_prints_the_card(medminds_home):
+    p = run_cli("prepare", "-d", "micro", "--source", "synthetic", env={"COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "medmcqa_train" in p.stdout and (medminds_home / "data" / "micro" / "card.json").exists()

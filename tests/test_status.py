@@ -1,0 +1,58 @@
+"""status without the scheduler: parsing sacct, the squeue fallback, local runs, and following logs."""
+
+import io
+import os
+import stat
+import time
+
+from medminds_hpc import control, runs, status, submit
+from tests.conftest import counter_job, quiet, submit_options, write_job
+
+
+def fake_tool(bin_dir, name, output):
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\necho \"$@\" >> {bin_dir}/{name}.calls\ncat <<'EOF'\n{output}\nEOF\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_one_sacct_call_and_squeue_for_what_sacct_does_not_show_yet(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # sacct knows job 11 (requeued once: two records, GPU time summed) and array task 12_1; 13 was submitted a moment ago
+    fake_tool(bin_dir, "sacct", "11|PREEMPTED|100|billing=1,cpu=1,gres/gpu=2,mem=500M|gpu001|0:0|x\n"
+                                "11|RUNNING|50|billing=1,cpu=1,gres/gpu:a100=2,mem=500M|gpu001|0:0|x\n"
+                                "12_1|CANCELLED by 0|10|cpu=1|gpu002|0:15|x")
+    fake_tool(bin_dir, "squeue", "13|PENDING|0:00|")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    info = status.scheduler_states(["11", "12_1", "13"])
+    assert info["11"].state == "RUNNING" and info["11"].gpu_seconds == 300 and info["11"].node == "gpu001"
+    assert info["12_1"].state == "CANCELLED"
+    assert info["13"].state == "PENDING"
+    assert len((bin_dir / "sacct.calls").read_text().splitlines()) == 1
+    assert "-j 11,12,13" in (bin_dir / "sacct.calls").read_text()
+    assert (bin_dir / "squeue.calls").read_text().split()[1:3] == ["-j", "13"]
+
+
+def test_slurm_run_state_comes_from_the_scheduler_unless_the_job_recorded_an_end(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "sacct", "21|TIMEOUT|3600|gres/gpu=1|gpu002|0:0|x")
+    fake_tool(bin_dir, "squeue", "")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run = runs.create("x-micro-00000021", {"experiment": "x", "dataset": "micro", "executor": "slurm"})
+    run.update(lambda d: d.update(state=runs.RUNNING, job_ids=["21"], submissions=[{"job_ids": ["21"]}]))
+    (st,) = status.collect([run])
+    assert st.state == "TIMEOUT" and st.gpu_hours == 1.0
+    run.update(lambda d: d.update(state=runs.COMPLETED))
+    assert status.collect([run])[0].state == runs.COMPLETED
+
+
+def test_follow_logs_until_the_local_job_ends(jobs_dir):
+    write_job(jobs_dir, "count", counter_job(steps=6, sleep_s=0.3).replace("[params]", "[params]\nmarker = \"hello\""))
+    (p,) = submit.submit("count", submit_options(wait=False), say=quiet)
+    out = io.StringIO()
+    started = time.time()
+    control.print_logs(p.run_id, follow=True, out=out, poll_s=0.2, max_wait_s=120)
+    assert runs.get(p.run_id).reload().state == runs.COMPLETED
+    assert "Starting with JobEnvironment" in out.getvalue() or "Job completed successfully" in out.getvalue()
+    assert time.time() - started < 120
