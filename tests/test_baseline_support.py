@@ -9,11 +9,7 @@ import pytest
 
 from medminds_hpc import runs
 from medminds_hpc.context import StageContext
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-MEDMCQA_SAMPLE = SHARED_DATA / "medmcqa" / "dev-sample.jsonl"
-MISTRAL_TOKENIZER = SHARED_DATA / "tokenizers" / "mistral-7b-v0.1"
+from tests.helpers_data import MEDMCQA_SAMPLE
 
 
 def require_shared_data(*paths: Path) -> None:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from medminds_hpc.data.arc import FEWER, keep_four, load_arc
+from medminds_hpc.errors import UserError
+from tests.conftest import SHARED_DATA as SHARED
+from tests.helpers_data import write_jsonl
 
-from medminds_hpc.data.arc import FEWER, keep_four, load_arc  # noqa: E402
-from medminds_hpc.errors import UserError  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ARC_FILE = SHARED / "arc" / "arc_challenge_test.jsonl"
 needs_arc = pytest.mark.skipif(not ARC_FILE.exists(), reason=f"real ARC file absent ({ARC_FILE}); it ships with CI's ../shared/data")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def local_item(id_: str, n: int, answer: str, question: str = "Which?") -> dict:

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from medminds_hpc.data import prompts
+from medminds_hpc.data.instruct import MEDICAL_INSTRUCTION, load_instruct
+from medminds_hpc.errors import UserError
+from tests.conftest import SHARED_DATA as SHARED
+from tests.helpers_data import MISTRAL_TOKENIZER
 
-from medminds_hpc.data import prompts  # noqa: E402
-from medminds_hpc.data.instruct import MEDICAL_INSTRUCTION, load_instruct  # noqa: E402
-from medminds_hpc.errors import UserError  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAVED = SHARED / "medical_instruct" / "medical_mistral_instruct_dataset_short"
 JSONL = SHARED / "medical_instruct" / "medical_mistral_instruct_short.jsonl"
 MEDQUAD = SHARED / "medquad" / "medquad_qa_pairs_5k.jsonl"
 needs_data = pytest.mark.skipif(not SAVED.exists(), reason=f"real instruct data absent ({SAVED.parent}); it ships with CI's ../shared/data")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
 @needs_data
@@ -82,7 +72,7 @@ def test_synthetic_instruct_and_completion_labels():
 
     ds = load_instruct("synthetic", synthetic_rows=10)["train"]
     assert len(ds) == 10 and set(ds["source"]) == {"synthetic"}
-    tok_dir = SHARED / "tokenizers" / "mistral-7b-v0.1"
+    tok_dir = MISTRAL_TOKENIZER
     if not tok_dir.exists():
         pytest.skip(f"real Mistral tokenizer absent ({tok_dir})")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))

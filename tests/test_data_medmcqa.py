@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from medminds_hpc.data import synthetic
+from medminds_hpc.data.medmcqa import load_medmcqa, release_row
+from medminds_hpc.errors import UserError
+from tests.helpers_data import MEDMCQA_SAMPLE as SAMPLE
+from tests.helpers_data import write_jsonl
 
-from medminds_hpc.data import synthetic  # noqa: E402
-from medminds_hpc.data.medmcqa import load_medmcqa, release_row  # noqa: E402
-from medminds_hpc.errors import UserError  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SAMPLE = SHARED / "medmcqa" / "dev-sample.jsonl"
 needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason=f"real MedMCQA sample absent ({SAMPLE}); it ships with CI's ../shared/data")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def good_rows(n: int = 8, cop_base: int = 1) -> list[dict]:

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from medminds_hpc.data import prepare as prep
+from medminds_hpc.data.card import card_table
+from medminds_hpc.data.medmcqa import release_row
+from medminds_hpc.errors import UserError
+from tests.conftest import ROOT
+from tests.conftest import SHARED_DATA as SHARED
 
-from medminds_hpc.data import prepare as prep  # noqa: E402
-from medminds_hpc.data.card import card_table  # noqa: E402
-from medminds_hpc.data.medmcqa import release_row  # noqa: E402
-from medminds_hpc.errors import UserError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "medmcqa").exists(), reason=f"real data absent ({SHARED}); it ships with CI's ../shared/data")
 QUIET = {"say": lambda message: None}
 
@@ -27,8 +24,6 @@ QUIET = {"say": lambda message: None}
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDMINDS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
 def mtimes(folder: Path) -> dict[str, int]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from medminds_hpc.data import prompts, synthetic
 from medminds_hpc.errors import UserError
+from tests.helpers_data import MISTRAL_TOKENIZER as TOKENIZER
 
-TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "mistral-7b-v0.1"
 MISTRAL_LETTERS = [330, 365, 334, 384]
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from medminds_hpc.data import splits
 from medminds_hpc.errors import UserError
-
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmcqa" / "dev-sample.jsonl"
+from tests.helpers_data import MEDMCQA_SAMPLE as SAMPLE
 
 
 def unbalanced(n_big: int = 300) -> list[str]:

@@ -21,9 +21,7 @@ PROMPTS = ["Question: Which vitamin deficiency causes scurvy? Answer: C", "Answe
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def builtin_tokenizer(monkeypatch):
     monkeypatch.delenv("MEDMINDS_TOKENIZER", raising=False)
 
 

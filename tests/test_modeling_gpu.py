@@ -29,9 +29,7 @@ class FastLanguageModel:
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def builtin_tokenizer(monkeypatch):
     monkeypatch.delenv("MEDMINDS_TOKENIZER", raising=False)
 
 

@@ -14,9 +14,8 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import tiny as tiny_models
 from medminds_hpc.modeling import tokenizer as tokenizers
 from medminds_hpc.modeling.loading import list_models, load_model, load_tokenizer, resolve_model
+from tests.helpers_data import MISTRAL_TOKENIZER
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MISTRAL_TOKENIZER = SHARED_DATA / "tokenizers" / "mistral-7b-v0.1"
 needs_mistral_tokenizer = pytest.mark.skipif(
     not (MISTRAL_TOKENIZER / "tokenizer.json").exists(),
     reason=f"the real Mistral tokenizer is not at {MISTRAL_TOKENIZER} (../shared/data is absent outside CI); "
@@ -26,10 +25,8 @@ PROMPTS = ["Question: Which nerve supplies the diaphragm? Answer: A", "Answer:"]
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Never wait ~45 s on a Hub call; and no stray $MEDMINDS_TOKENIZER from the developer's shell."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def builtin_tokenizer(monkeypatch):
+    """No stray $MEDMINDS_TOKENIZER from the developer's shell (conftest keeps the Hub offline)."""
     monkeypatch.delenv(tokenizers.TOKENIZER_ENV, raising=False)
 
 

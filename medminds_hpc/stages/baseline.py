@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from medminds_hpc.errors import UserError
+from medminds_hpc.stages.expert import ADAPTER_DIR  # what the expert stage writes under its artifacts/
 from medminds_hpc.training.options import TrainOptions, doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
     from medminds_hpc.modeling.heads import LastTokenClassifier
 
-EXPERT_ADAPTER_DIR = "adapter"  # what the expert stage writes under its artifacts/
 CLASSIFIER_DIR = "classifier"
 TRAINABLE_LORA = "default"  # peft's name for the classifier's own LoRA
 
@@ -76,7 +76,7 @@ def expert_adapter(ctx: "StageContext", adapter: str) -> tuple[str, Path] | None
     if trained_on and ctx.model and trained_on != ctx.model:
         raise UserError(f"expert-{adapter} run {upstream.id} was trained on {trained_on!r} but this run uses {ctx.model!r}; "
                         f"submit both with the same --model")
-    return adapter, upstream.artifacts_dir / EXPERT_ADAPTER_DIR
+    return adapter, upstream.artifacts_dir / ADAPTER_DIR
 
 
 def load_rows(ctx: "StageContext", split: str, limit: int = 0) -> list[dict[str, Any]]:
