@@ -139,16 +139,15 @@ def status(
     if as_json:
         print(json.dumps([r.as_json() for r in rows], indent=2))
     else:
-        table = Table(title=f"runs in {runs.paths.runs_dir()}")
-        table.add_column("run", no_wrap=True)
-        table.add_column("state", no_wrap=True)
-        for col in ("job", "elapsed", "GPU-h", "progress", "best"):
-            table.add_column(col)
-        for r in rows:
-            state = r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else "")
-            table.add_row(r.run.id, state, r.job_id or "", time.strftime("%H:%M:%S", time.gmtime(r.elapsed_s)) if r.elapsed_s else "",
-                          f"{r.gpu_hours:.2f}" if r.gpu_hours else "", r.progress, r.best)
-        console.print(table)
+        from medminds_hpc.tables import plain_duration, plain_table
+
+        table = [
+            (r.run.id, r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else ""), r.job_id or "",
+             plain_duration(r.elapsed_s) if r.elapsed_s else "", f"{r.gpu_hours:.2f}" if r.gpu_hours else "",
+             r.progress, r.best)
+            for r in rows
+        ]
+        print(plain_table(("run", "state", "job", "elapsed", "GPU-h", "progress", "best"), table, title=f"runs in {runs.paths.runs_dir()}"))
     if problems:
         fail(problems[0] + (f" (and {len(problems) - 1} more unreadable runs)" if len(problems) > 1 else ""))
 

@@ -6,7 +6,7 @@ import stat
 import time
 
 from medminds_hpc import control, runs, status, submit
-from tests.conftest import counter_job, quiet, submit_options, write_job
+from tests.conftest import counter_job, quiet, run_cli, submit_options, write_job
 
 
 def fake_tool(bin_dir, name, output):
@@ -56,3 +56,23 @@ def test_follow_logs_until_the_local_job_ends(jobs_dir):
     assert runs.get(p.run_id).reload().state == runs.COMPLETED
     assert "Starting with JobEnvironment" in out.getvalue() or "Job completed successfully" in out.getvalue()
     assert time.time() - started < 120
+
+
+def test_status_table_lists_every_run_with_state_progress_and_long_elapsed(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "sacct", "31|RUNNING|180000|gres/gpu=1|gpu001|0:0|x")  # 50 h: must not wrap around a day
+    fake_tool(bin_dir, "squeue", "")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run = runs.create("y-mega-00000031", {"experiment": "y", "dataset": "mega", "executor": "slurm"})
+    run.update(lambda d: d.update(state=runs.RUNNING, job_ids=["31"], submissions=[{"job_ids": ["31"]}], requeues=2,
+                                  progress={"0": {"step": 40, "total": 100}}))
+    done = runs.create("z-micro-00000032", {"experiment": "z", "dataset": "micro", "executor": "local"})
+    done.update(lambda d: d.update(state=runs.COMPLETED))
+    proc = run_cli("status", env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    header, rule, *rows = proc.stdout.splitlines()[1:]
+    assert header.split() == ["run", "state", "job", "elapsed", "GPU-h", "progress", "best"]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert rows[0].split() == ["y-mega-00000031", "RUNNING", "(requeued", "2x)", "31", "2-02:00:00", "50.00", "40/100"]
+    assert rows[1].split() == ["z-micro-00000032", "COMPLETED"]
