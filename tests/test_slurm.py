@@ -53,6 +53,17 @@ def settled_sacct(job_id: str, timeout: float = 30) -> list[str]:
         time.sleep(0.5)
 
 
+def preempt_victim_node(sleep_s: float) -> str:
+    """Submit a high-priority `gpu` job for both a100s: Slurm preempts (requeues) the gpu-preempt job there."""
+    return subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", f"sleep {sleep_s}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def assert_was_preempted(run: submit.PlannedRun, hog: str) -> None:
+    assert "PREEMPTED" in sacct_states(run.job_ids[0]) or "REQUEUED" in sacct_states(run.job_ids[0])
+    assert settled_sacct(hog) == ["COMPLETED"]
+
+
 def step_reached(run_id: str, at_least: int) -> bool:
     prog = runs.get(run_id).data.get("progress", {}).get("0", {})
     return (prog.get("step") or 0) >= at_least
@@ -176,12 +187,10 @@ def test_partition_preemption_resumes(jobs_dir):
     (p,) = submit.submit("victim", opts(), say=quiet)
     wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 1))
     time.sleep(1.0)
-    hog = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", "sleep 3"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    hog = preempt_victim_node(3)
     wait_for(p.run_id, {runs.COMPLETED}, timeout=300)
     _assert_resumed_exactly(p.run_id, steps)
-    assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
-    assert settled_sacct(hog) == ["COMPLETED"]
+    assert_was_preempted(p, hog)
 
 
 def test_time_out_requeues_and_resumes(jobs_dir):

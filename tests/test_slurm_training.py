@@ -13,7 +13,7 @@ from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
 from tests.conftest import write_job
 from tests.test_expert import run_stage, small
-from tests.test_slurm import sacct_states, settled_sacct, step_reached, wait_for
+from tests.test_slurm import assert_was_preempted, preempt_victim_node, step_reached, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -64,9 +64,7 @@ def test_expert_resumes_exactly_after_partition_preemption(expert_job):
     p = _submit()
     wait_for(p.run_id, {"RUNNING"}, timeout=120, also=lambda st: step_reached(p.run_id, 1))
     time.sleep(3)
-    hog = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", "sleep 2"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    hog = preempt_victim_node(2)
     wait_for(p.run_id, {runs.COMPLETED}, timeout=500)
     _assert_same_as_reference(p.run_id, reference_run)
-    assert "PREEMPTED" in sacct_states(p.job_ids[0]) or "REQUEUED" in sacct_states(p.job_ids[0])
-    assert settled_sacct(hog) == ["COMPLETED"]
+    assert_was_preempted(p, hog)
