@@ -6,7 +6,9 @@ cd "$(dirname "$0")"
 bash install.sh
 export MEDMINDS_HOME=${MEDMINDS_HOME:-$PWD}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
-# the task expert on the built-in tiny Mistral, trained on synthetic ARC-style data (prepared first, as a need)
+# the task expert on the built-in tiny Mistral, trained on synthetic ARC-style data (prepared first, as a need).
+# The paper's learning rate (2e-4, with 8-bit AdamW) suits a pretrained 7B; the random-init tiny model needs a
+# larger step to learn the synthetic rule in one epoch (held-out task accuracy 1.0 in ~30 s on 2 cores).
 .venv/bin/medminds submit expert-task --dataset micro --model tiny --executor local \
-  -o prepare.source=synthetic -o epochs=1 -o eval_rows=200
+  -o prepare.source=synthetic -o epochs=1 -o eval_rows=200 -o learning_rate=1e-2 -o optimizer=adamw
 .venv/bin/medminds status
