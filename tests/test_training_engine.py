@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -133,3 +134,25 @@ def test_interrupted_and_resumed_equals_uninterrupted(medminds_home, damage):
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
     assert [h["accuracy"] for h in outcome.history] == [h["accuracy"] for h in ref_outcome.history]
+
+
+def test_tensorboard_logs_into_the_run_directory(medminds_home, monkeypatch):
+    # the Trainer's real TensorBoard callback, writing through tensorboardX (the dev extra)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    ctx = make_ctx("tb-micro-00000001")
+    train(ctx, plan_for(tiny_classifier(), epochs=1.0, report_to="tensorboard"))
+    events = list((ctx.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert b"train/loss" in events[0].read_bytes()
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # restored: the next in-process run logs into its own folder
+
+
+def test_missing_tracker_package_is_a_clear_error(medminds_home, monkeypatch):
+    import importlib.util
+
+    from medminds_hpc.errors import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(UserError, match=r"report_to=wandb: the wandb package is not installed.*-o report_to=none"):
+        train(make_ctx("wandb-micro-00000001"), plan_for(tiny_classifier(), epochs=1.0, report_to="wandb"))

@@ -12,13 +12,14 @@ What it adds to the Trainer:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from medminds_hpc import fileio
 from medminds_hpc.context import StageContext, StopRequested
@@ -206,8 +207,44 @@ def replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+@contextlib.contextmanager
+def tracking(report_to: str, run_dir: Path, run_id: str) -> Iterator[None]:
+    """Fail early if the asked-for tracker is not installed; log into the run directory, one W&B run across requeues.
+
+    The settings are environment variables (the only way the Trainer's callbacks take them); values the user set
+    win, and the previous environment is restored afterwards so in-process runs do not leak into each other.
+    """
+    import importlib.util
+
+    from medminds_hpc.errors import UserError
+
+    if report_to != "none" and not any(importlib.util.find_spec(m) is not None for m in TRACKERS[report_to]):
+        raise UserError(f"report_to={report_to}: the {TRACKERS[report_to][0]} package is not installed in this environment; "
+                        f"`pip install {TRACKERS[report_to][0]}` on the cluster, or set -o report_to=none")
+    wanted = {
+        # the Trainer's default (under output_dir) is the checkpoint staging folder, wiped on every attempt
+        "tensorboard": {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")},
+        "wandb": {"WANDB_DIR": str(run_dir), "WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow", "WANDB_NAME": run_id},
+    }.get(report_to, {})
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     """Train `plan.model` to the end, resuming from the newest valid checkpoint; raises StopRequested when asked to stop."""
+    with tracking(plan.options.report_to, ctx.run_dir, ctx.run.id):
+        return _train(ctx, plan)
+
+
+def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     from transformers import Trainer
 
     staging = ctx.checkpoints.root / ".trainer"
