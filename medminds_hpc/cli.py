@@ -10,21 +10,30 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
+
+import functools
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from medminds_hpc.errors import UserError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproduce and beat 'Medical Minds Unite' on a Slurm cluster.")
-console = Console()
-err = Console(stderr=True)
+
+
+@functools.cache
+def console(stderr: bool = False) -> "Console":
+    """rich, imported on first use: `status` never needs it."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -59,13 +68,15 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readabl
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title=f"experiments (resources on cluster profile '{profile.name}')")
     for col in ("experiment", "stage", "needs", "micro", "mini", "mega"):
         table.add_column(col)
     for r in rows:
         stage = r["stage"] if r["implemented"] else f"{r['stage']} (not yet)"
         table.add_row(r["name"], stage, ", ".join(r["needs"]), *(r["resources"][s] for s in clusters.DATASET_SIZES))
-    console.print(table)
+    console().print(table)
 
 
 @app.command()
@@ -85,7 +96,7 @@ def submit(
 
     opts = submit_mod.SubmitOptions(dataset, cluster, executor, model, list(override), dry_run, force, wait)
     try:
-        submit_mod.submit(experiment, opts, say=lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True))
+        submit_mod.submit(experiment, opts, say=lambda s: console().print(s, highlight=False, markup=False, soft_wrap=True))
     except UserError as e:
         fail(str(e))
 
@@ -114,10 +125,10 @@ def prepare(
         from medminds_hpc.data.prepare import prepare as run_prepare
 
         card = run_prepare(dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base, bad_rows=cfg.bad_rows,
-                           instruct_sources=cfg.instruct, force=cfg.force, say=lambda m: console.print(m, highlight=False, markup=False))
+                           instruct_sources=cfg.instruct, force=cfg.force, say=lambda m: console().print(m, highlight=False, markup=False))
     except UserError as e:
         return fail(str(e))
-    console.print(card_table(card))
+    console().print(card_table(card))
 
 
 @app.command()
@@ -170,7 +181,7 @@ def cancel(run: List[str] = typer.Argument(..., help="run ids to cancel")) -> No
 
     try:
         for r in run:
-            console.print(control.cancel(r), highlight=False)
+            console().print(control.cancel(r), highlight=False)
     except UserError as e:
         fail(str(e))
 
@@ -185,7 +196,7 @@ def doctor(
     from medminds_hpc import control
 
     try:
-        control.doctor(cluster, executor, list(gpu), say=lambda s: console.print(s, highlight=False, markup=False, soft_wrap=True))
+        control.doctor(cluster, executor, list(gpu), say=lambda s: console().print(s, highlight=False, markup=False, soft_wrap=True))
     except UserError as e:
         fail(str(e))
 
