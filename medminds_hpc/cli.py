@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, List, Optional
-
-import functools
 
 import typer
 
