@@ -165,6 +165,13 @@ def test_prepare_bad_input(medminds_home, tmp_path):
     assert not (medminds_home / "data" / "micro").exists()
 
 
+def test_prepare_from_the_hub_offline_says_what_to_do_instead(medminds_home):
+    empty_cache = str(medminds_home / "hf")  # a dataset cached on this machine would be read, not refused
+    p = run_cli("prepare", "-d", "micro", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": empty_cache, "HF_DATASETS_CACHE": empty_cache})
+    assert_user_error(p, "openlifescienceai/medmcqa", "Hugging Face Hub", "--source /path/to/data", "-o prepare.source=synthetic")
+    assert not (medminds_home / "data" / "micro").exists()
+
+
 def test_prepare_prints_the_card(medminds_home):
     p = run_cli("prepare", "-d", "micro", "--source", "synthetic", env={"COLUMNS": "200"})
     assert p.returncode == 0, p.stderr

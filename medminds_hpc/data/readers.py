@@ -24,7 +24,8 @@ FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_WORDS: dict[str, str] = {"train": "train", "dev": "validation", "val": "validation", "valid": "validation",
                                "validation": "validation", "test": "test"}
 HUB_HINT = ("on a compute node without internet, run `medminds prepare` on the login node first (it caches the Hub "
-            "data), or pass local files with -o source=/path/to/data, or use -o source=synthetic for a demo")
+            "data), or read local files (`medminds prepare --source /path/to/data`, or `-o prepare.source=/path/to/data` "
+            "with `medminds submit`), or use synthetic data (`--source synthetic`, `-o prepare.source=synthetic`) for a demo")
 
 
 @dataclass(frozen=True)
