@@ -59,6 +59,14 @@ class StageContext:
             raise KeyError(f"run {self.run.id} does not depend on {experiment!r}; it needs {sorted(self.record.get('needs', {}))}")
         return runs.load(self.run_dir.parent / run_id)
 
+    def data_dir(self) -> Path | None:
+        """The folder of the prepare run this run needs (None: no such need, the default data/<size>)."""
+        if "prepare" not in self.record.get("needs", {}):
+            return None
+        from medminds_hpc.stages.prepare import data_dir
+
+        return data_dir(self.need("prepare").id)
+
     # checkpoints ---------------------------------------------------------------------------------------
     @property
     def checkpoints(self) -> CheckpointStore:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, counter_job, run_cli, write_job
+from tests.conftest import ROOT, counter_job, quiet, run_cli, submit_options, write_job
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -172,7 +172,14 @@ def test_prepare_from_the_hub_offline_says_what_to_do_instead(medminds_home):
     assert not (medminds_home / "data" / "micro").exists()
 
 
-def test_prepare_prints_the_card(medminds_home):
+def test_prepare_prints_the_card_and_fills_the_folder_its_prepare_run_uses(medminds_home):
+    from medminds_hpc import submit
+
     p = run_cli("prepare", "-d", "micro", "--source", "synthetic", env={"COLUMNS": "200"})
     assert p.returncode == 0, p.stderr
-    assert "medmcqa_train" in p.stdout and (medminds_home / "data" / "micro" / "card.json").exists()
+    (folder,) = [d for d in (medminds_home / "data").iterdir() if d.is_dir()]
+    assert folder.name.startswith("prepare-micro-") and (folder / "card.json").exists() and "medmcqa_train" in p.stdout
+    written = (folder / "medmcqa_train.parquet").stat().st_mtime_ns
+    (planned,) = submit.submit("prepare", submit_options(executor="debug", overrides=["source=synthetic"]), say=quiet)
+    assert planned.run_id == folder.name
+    assert (folder / "medmcqa_train.parquet").stat().st_mtime_ns == written  # found up to date, not rebuilt

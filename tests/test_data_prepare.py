@@ -166,20 +166,17 @@ def test_bad_arguments():
         prep.prepare("micro", source="synthetic", bad_rows="ignore", **QUIET)
 
 
-def test_stage_run_writes_card_into_metrics(tmp_path):
+def test_stage_run_writes_card_into_metrics(medminds_home):
+    from medminds_hpc import runs
+    from medminds_hpc.context import StageContext
     from medminds_hpc.stages.prepare import Config, run
 
-    class Ctx:
-        dataset = "micro"
-        metrics: dict = {}
-
-        def write_metrics(self, metrics, name="metrics.json"):
-            Ctx.metrics = metrics
-
-    result = run(Ctx(), Config(source="synthetic"))
+    ctx = StageContext(run=runs.create("prepare-micro-00000001", {"experiment": "prepare", "dataset": "micro"}))
+    result = run(ctx, Config(source="synthetic"))
     assert result["rows_medmcqa_train"] == 2000 and result["up_to_date"] is False
-    assert Ctx.metrics["splits"]["medmcqa_validation"]["rows"] == 500
-    assert run(Ctx(), Config(source="synthetic"))["up_to_date"] is True
+    assert ctx.run.metrics()["splits"]["medmcqa_validation"]["rows"] == 500
+    assert (medminds_home / "data" / "prepare-micro-00000001" / "medmcqa_train.parquet").exists()
+    assert run(ctx, Config(source="synthetic"))["up_to_date"] is True
 
 
 def test_stage_module_import_is_light():
@@ -187,3 +184,20 @@ def test_stage_module_import_is_light():
             "heavy = [m for m in ('datasets', 'pyarrow', 'pandas', 'torch', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_each_preparation_has_its_own_folder_and_a_stage_reads_the_one_it_needs(medminds_home):
+    from medminds_hpc import runs, submit
+    from medminds_hpc.context import StageContext
+    from tests.conftest import quiet, submit_options
+
+    ids = []
+    for seed in (0, 1):
+        (p,) = submit.submit("prepare", submit_options(executor="debug", overrides=["source=synthetic", f"seed={seed}"]), say=quiet)
+        ids.append(p.run_id)
+    folders = [medminds_home / "data" / i for i in ids]
+    assert ids[0] != ids[1] and all((f / "card.json").exists() for f in folders)
+    assert [prep.read_card("micro", f)["options"]["seed"] for f in folders] == [0, 1]  # the second did not overwrite the first
+    run = runs.create("stage-micro-00000001", {"experiment": "stage", "dataset": "micro", "needs": {"prepare": ids[0]}})
+    assert StageContext(run=run).data_dir() == folders[0]
+    assert StageContext(run=runs.create("stage-micro-00000002", {"experiment": "stage", "dataset": "micro"})).data_dir() is None

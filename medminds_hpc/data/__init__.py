@@ -10,7 +10,7 @@ One concept per module:
     splits.py      dataset sizes (micro | mini | mega) and first-N / stratified selection
     prompts.py     the paper's and the harness's MCQ templates, the SFT template, tokenisation helpers
     synthetic.py   a seeded generator whose answers a tiny model can learn (offline demos and tests)
-    prepare.py     everything above into $MEDMINDS_HOME/data/<size>/ (parquet + card.json), atomically
+    prepare.py     everything above into one folder (parquet + card.json), atomically
     card.py        the data card as a rich table
 
     python -c "from medminds_hpc.data.prepare import prepare; prepare('micro', source='synthetic')"

@@ -23,7 +23,7 @@ def card_table(card: dict[str, Any]) -> "Table":
     from rich.markup import escape
     from rich.table import Table
 
-    title = f"data/{card.get('dataset_size', '?')}  (source: {card.get('source', '?')}, split: {card.get('options', {}).get('split', '?')})"
+    title = f"{card.get('dataset_size', '?')} data  (source: {card.get('source', '?')}, split: {card.get('options', {}).get('split', '?')})"
     table = Table(title=escape(title), title_justify="left", show_lines=False)
     table.add_column("file")
     table.add_column("rows", justify="right")

@@ -1,4 +1,7 @@
-"""Prepare one dataset size: read, validate and split every source into $MEDMINDS_HOME/data/<size>/.
+"""Prepare one dataset size: read, validate and split every source into one folder.
+
+The `prepare` stage gives each preparation its own folder, $MEDMINDS_HOME/data/<prepare run id>/ (see
+stages/prepare.py); without `out_dir` the folder is $MEDMINDS_HOME/data/<size>/.
 
 Output (canonical schemas, see schema.py), all written together or not at all:
     medmcqa_train.parquet        id, question, options[4], answer 0-3, subject, topic, choice_type

@@ -82,7 +82,7 @@ def expert_adapter(ctx: "StageContext", adapter: str) -> tuple[str, Path] | None
 def load_rows(ctx: "StageContext", split: str, limit: int = 0) -> list[dict[str, Any]]:
     from medminds_hpc.data.prepare import load_prepared
 
-    rows = load_prepared(ctx.dataset, split).to_list()
+    rows = load_prepared(ctx.dataset, split, ctx.data_dir()).to_list()
     return rows[:limit] if limit else rows
 
 

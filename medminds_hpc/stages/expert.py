@@ -104,12 +104,12 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc.training import engine, metrics
 
     source = "arc_train" if cfg.data == "arc" else "instruct_train"
-    train_rows = load_prepared(ctx.dataset, source).to_list()
+    train_rows = load_prepared(ctx.dataset, source, ctx.data_dir()).to_list()
     holdout_n = min(cfg.holdout_rows, len(train_rows) // 10)
     holdout, train_rows = train_rows[len(train_rows) - holdout_n:], train_rows[: len(train_rows) - holdout_n]
     if cfg.max_train_rows:
         train_rows = train_rows[: cfg.max_train_rows]
-    val_rows = load_prepared(ctx.dataset, "medmcqa_validation").to_list()
+    val_rows = load_prepared(ctx.dataset, "medmcqa_validation", ctx.data_dir()).to_list()
     if cfg.eval_rows:
         val_rows = val_rows[: cfg.eval_rows]
 

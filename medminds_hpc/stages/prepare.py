@@ -1,15 +1,22 @@
-"""Read, validate and split the three data sources into $MEDMINDS_HOME/data/<size>/.
+"""Read, validate and split the three data sources into $MEDMINDS_HOME/data/<prepare run id>/.
 
-The work is `medminds_hpc.data.prepare.prepare`; this module stays light (the CLI imports Config without
-loading `datasets`, `pyarrow` or `pandas`).
+Each preparation (source, split, seed, ...) has its own folder, named after its run, and every stage reads the
+folder of the prepare run it needs: preparing another source for the same size can never change the data under
+a finished or a preempted run. The work is `medminds_hpc.data.prepare.prepare`; this module stays light (the CLI
+imports it without loading `datasets`, `pyarrow` or `pandas`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from medminds_hpc import paths
 from medminds_hpc.training.options import doc
+
+EXPERIMENT = "prepare"
 
 
 @dataclass
@@ -21,11 +28,14 @@ class Config:
     bad_rows: Literal["strict", "skip"] = field(default="strict", metadata=doc("fail on invalid rows, or drop and count them"))
     instruct: list[str] = field(default_factory=lambda: ["mistral-instruct"],
                                 metadata=doc("domain-expert data: any of mistral-instruct (the paper's), wikidoc, medquad"))
-    force: bool = field(default=False, metadata=doc("rebuild even when data/<size>/card.json says it is up to date"))
+    force: bool = field(default=False, metadata=doc("rebuild even when the folder's card.json says it is up to date"))
 
     def __post_init__(self) -> None:
         from medminds_hpc.data.instruct import SOURCES  # light: the data loaders import datasets lazily
 
+        if self.source not in ("hub", "synthetic"):
+            # absolute, so the job reads the same files wherever it starts, and the run id tells paths apart
+            self.source = str(Path(self.source).expanduser().absolute())
         problems = []
         if self.cop_base not in (None, 0, 1):
             problems.append(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
@@ -36,10 +46,23 @@ class Config:
             raise ValueError("; ".join(problems))
 
 
+def data_dir(run_id: str) -> Path:
+    return paths.data_dir() / run_id
+
+
+def run_id_for(dataset: str, cfg: Config) -> str:
+    """The id `medminds submit` gives the prepare run of this config (so `medminds prepare` fills the same folder)."""
+    from medminds_hpc import experiments, runs
+
+    exp = experiments.load(EXPERIMENT)
+    resolved = experiments.Resolved(exp, dataset, None, dataclasses.replace(cfg, force=False), {})
+    return runs.make_run_id(EXPERIMENT, dataset, resolved.identity({}))
+
+
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc.data.prepare import prepare
 
-    card = prepare(ctx.dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base,
+    card = prepare(ctx.dataset, out_dir=data_dir(ctx.run.id), source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base,
                    bad_rows=cfg.bad_rows, instruct_sources=cfg.instruct, force=cfg.force, show_progress=False,
                    say=lambda message: print(message, flush=True))
     ctx.write_metrics(card)
