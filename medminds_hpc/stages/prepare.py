@@ -9,6 +9,7 @@ imports it without loading `datasets`, `pyarrow` or `pandas`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,7 @@ class Config:
 
         if self.source not in ("hub", "synthetic"):
             # absolute, so the job reads the same files wherever it starts, and the run id tells paths apart
-            self.source = str(Path(self.source).expanduser().absolute())
+            self.source = os.path.abspath(os.path.expanduser(self.source))
         problems = []
         if self.cop_base not in (None, 0, 1):
             problems.append(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
