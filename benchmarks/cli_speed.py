@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "medminds"
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "unsloth", "pandas", "numpy")
 

@@ -153,6 +153,12 @@ def test_dangerous_characters_never_reach_a_shell_unquoted(tmp_path, monkeypatch
     assert json.loads(run_json.read_text())["params"]["marker"] == evil
 
 
+def assert_nothing_prepared(home: Path) -> None:
+    """No prepared folder (data/<prepare run id>/ or data/<size>/), only lock files at most."""
+    data = home / "data"
+    assert not data.exists() or not [d.name for d in data.iterdir() if d.is_dir()]
+
+
 def test_prepare_bad_input(medminds_home, tmp_path):
     assert_user_error(run_cli("prepare", "-d", "micro", "--source", str(tmp_path / "missing")), "neither 'hub', 'synthetic' nor an existing file")
     assert_user_error(run_cli("prepare", "-d", "micro", "--split", "random"), "split: expected one of 'first', 'stratified'")
@@ -162,14 +168,14 @@ def test_prepare_bad_input(medminds_home, tmp_path):
     bad.write_text('{"id": "q1", "question": "", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1, "subject_name": "Anatomy", "choice_type": "single"}\n')
     p = run_cli("prepare", "-d", "micro", "--source", str(bad), "--cop-base", "1")
     assert_user_error(p, str(bad), "q1", "question")
-    assert not (medminds_home / "data" / "micro").exists()
+    assert_nothing_prepared(medminds_home)
 
 
 def test_prepare_from_the_hub_offline_says_what_to_do_instead(medminds_home):
     empty_cache = str(medminds_home / "hf")  # a dataset cached on this machine would be read, not refused
     p = run_cli("prepare", "-d", "micro", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": empty_cache, "HF_DATASETS_CACHE": empty_cache})
     assert_user_error(p, "openlifescienceai/medmcqa", "Hugging Face Hub", "--source /path/to/data", "-o prepare.source=synthetic")
-    assert not (medminds_home / "data" / "micro").exists()
+    assert_nothing_prepared(medminds_home)
 
 
 def test_prepare_prints_the_card_and_fills_the_folder_its_prepare_run_uses(medminds_home):
