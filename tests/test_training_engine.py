@@ -136,6 +136,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(medminds_home, damage):
     assert [h["accuracy"] for h in outcome.history] == [h["accuracy"] for h in ref_outcome.history]
 
 
+def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(medminds_home):
+    reference = tiny_classifier()
+    ref_outcome = train(make_ctx("ref-micro-00000002"), plan_for(reference))
+    ctx = make_ctx("edge-micro-00000002", stop_at=12)  # the last step of epoch 1: saved and stopped before validating it
+    with pytest.raises(StopRequested):
+        train(ctx, plan_for(tiny_classifier()))
+    assert ctx.checkpoints.latest().step == 12
+    outcome = train(make_ctx("edge-micro-00000002"), plan_for(tiny_classifier()))
+    assert [round(h["epoch"]) for h in outcome.history] == [1, 2, 3]
+    assert outcome.history == ref_outcome.history and outcome.best == ref_outcome.best
+
+
 def test_tensorboard_logs_into_the_run_directory(medminds_home, monkeypatch):
     # the Trainer's real TensorBoard callback, writing through tensorboardX (the dev extra)
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)

@@ -171,9 +171,18 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             if logs:
                 ctx.log({"step": state.global_step, "epoch": state.epoch, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            # A stop that landed on an epoch's last step saved before that epoch's validation (so the job leaves
+            # within its grace time); the resumed attempt validates those same weights first.
+            epoch = round(state.epoch or 0.0, 4)
+            if plan.evaluate is not None and epoch > 0 and epoch == int(epoch) and epoch not in {r["epoch"] for r in eval_history(ctx.run_dir)}:
+                self.validate(state, model)
+
         def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            if plan.evaluate is None or self.stopped:
-                return
+            if plan.evaluate is not None and not self.stopped:
+                self.validate(state, model)
+
+        def validate(self, state: Any, model: Any) -> None:
             import torch
 
             was_training = model.training
