@@ -18,7 +18,7 @@ from medminds_hpc.modeling.scoring import head_logits, letter_logprobs, to_probs
 from medminds_hpc.stages.baseline import ClassifierConfig, build_classifier, run_classifier
 from medminds_hpc.training.engine import TRAINABLE_FILE
 from medminds_hpc.training.metrics import REQUIRED_METRICS, read_predictions
-from tests.test_baseline_support import make_expert, prepare_synthetic, stage_ctx
+from tests.helpers import make_expert, prepare_synthetic, stage_ctx
 
 PROBS = ["prob_a", "prob_b", "prob_c", "prob_d"]
 

@@ -15,8 +15,8 @@ from medminds_hpc.context import StopRequested
 from medminds_hpc.errors import UserError
 from medminds_hpc.stages.baseline import NextWordConfig, run_nextword
 from medminds_hpc.training.metrics import REQUIRED_METRICS, read_predictions
-from tests.conftest import ROOT, write_job
-from tests.test_baseline_support import make_expert, prepare_synthetic, stage_ctx
+from tests.helpers import ROOT, write_job
+from tests.helpers import make_expert, prepare_synthetic, stage_ctx
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, counter_job, quiet, run_cli, submit_options, write_job
+from tests.helpers import ROOT, counter_job, quiet, run_cli, submit_options, write_job
 
 GOLDEN = Path(__file__).parent / "golden"
 

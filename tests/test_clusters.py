@@ -1,8 +1,6 @@
-from pathlib import Path
-
 import pytest
 
-from medminds_hpc import clusters, paths
+from medminds_hpc import clusters
 from medminds_hpc.errors import UserError
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from medminds_hpc.data.arc import FEWER, keep_four, load_arc
 from medminds_hpc.errors import UserError
-from tests.conftest import SHARED_DATA as SHARED
-from tests.helpers_data import write_jsonl
+from tests.helpers import SHARED_DATA as SHARED
+from tests.helpers import write_jsonl
 
 ARC_FILE = SHARED / "arc" / "arc_challenge_test.jsonl"
 needs_arc = pytest.mark.skipif(not ARC_FILE.exists(), reason=f"real ARC file absent ({ARC_FILE}); it ships with CI's ../shared/data")

@@ -9,8 +9,8 @@ import pytest
 from medminds_hpc.data import prompts
 from medminds_hpc.data.instruct import MEDICAL_INSTRUCTION, load_instruct
 from medminds_hpc.errors import UserError
-from tests.conftest import SHARED_DATA as SHARED
-from tests.helpers_data import MISTRAL_TOKENIZER
+from tests.helpers import SHARED_DATA as SHARED
+from tests.helpers import MISTRAL_TOKENIZER
 
 SAVED = SHARED / "medical_instruct" / "medical_mistral_instruct_dataset_short"
 JSONL = SHARED / "medical_instruct" / "medical_mistral_instruct_short.jsonl"

@@ -9,8 +9,8 @@ import pytest
 from medminds_hpc.data import synthetic
 from medminds_hpc.data.medmcqa import load_medmcqa, release_row
 from medminds_hpc.errors import UserError
-from tests.helpers_data import MEDMCQA_SAMPLE as SAMPLE
-from tests.helpers_data import write_jsonl
+from tests.helpers import MEDMCQA_SAMPLE as SAMPLE
+from tests.helpers import write_jsonl
 
 needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason=f"real MedMCQA sample absent ({SAMPLE}); it ships with CI's ../shared/data")
 

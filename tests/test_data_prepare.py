@@ -14,8 +14,8 @@ from medminds_hpc.data import prepare as prep
 from medminds_hpc.data.card import card_table
 from medminds_hpc.data.medmcqa import release_row
 from medminds_hpc.errors import UserError
-from tests.conftest import ROOT
-from tests.conftest import SHARED_DATA as SHARED
+from tests.helpers import ROOT
+from tests.helpers import SHARED_DATA as SHARED
 
 needs_shared = pytest.mark.skipif(not (SHARED / "medmcqa").exists(), reason=f"real data absent ({SHARED}); it ships with CI's ../shared/data")
 QUIET = {"say": lambda message: None}
@@ -189,7 +189,7 @@ def test_stage_module_import_is_light():
 def test_each_preparation_has_its_own_folder_and_a_stage_reads_the_one_it_needs(medminds_home):
     from medminds_hpc import runs, submit
     from medminds_hpc.context import StageContext
-    from tests.conftest import quiet, submit_options
+    from tests.helpers import quiet, submit_options
 
     ids = []
     for seed in (0, 1):

@@ -6,7 +6,7 @@ import pytest
 
 from medminds_hpc.data import prompts, synthetic
 from medminds_hpc.errors import UserError
-from tests.helpers_data import MISTRAL_TOKENIZER as TOKENIZER
+from tests.helpers import MISTRAL_TOKENIZER as TOKENIZER
 
 MISTRAL_LETTERS = [330, 365, 334, 384]
 

@@ -9,7 +9,7 @@ import pytest
 
 from medminds_hpc.data import splits
 from medminds_hpc.errors import UserError
-from tests.helpers_data import MEDMCQA_SAMPLE as SAMPLE
+from tests.helpers import MEDMCQA_SAMPLE as SAMPLE
 
 
 def unbalanced(n_big: int = 300) -> list[str]:

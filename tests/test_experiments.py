@@ -2,7 +2,7 @@ import pytest
 
 from medminds_hpc import experiments
 from medminds_hpc.errors import UserError
-from tests.conftest import counter_job, write_job
+from tests.helpers import counter_job, write_job
 
 PAPER_EXPERIMENTS = {
     "expert-task", "expert-domain", "baseline-nextword", "baseline-classifier-mistral", "baseline-classifier-domain",

@@ -10,32 +10,12 @@ from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.data import prompts
 from medminds_hpc.data.prepare import prepare
 from medminds_hpc.stages import expert
+from tests.helpers import run_expert as run_stage, small_expert as small
 
 
 @pytest.fixture
 def micro_data(medminds_home):
     prepare("micro", source="synthetic", say=lambda *_: None)
-
-
-def small(data: str = "arc", **kw) -> expert.Config:
-    base = dict(data=data, epochs=2.0, batch_size=16, learning_rate=1e-2, warmup_steps=2, optimizer="adamw",
-                max_train_rows=480, holdout_rows=100, eval_rows=100, max_length=160, checkpoint_every_steps=10)
-    base.update(kw)
-    return expert.Config(**base)
-
-
-def run_stage(run_id: str, cfg: expert.Config, stop_at: int | None = None) -> dict:
-    run = runs.get(run_id) or runs.create(run_id, {"experiment": "expert-task", "dataset": "micro", "model": "tiny"})
-    seen = {"step": 0}
-    ctx = StageContext(run=run, checkpoint_every_steps=cfg.checkpoint_every_steps, stop_requested=lambda: stop_at is not None and seen["step"] >= stop_at)
-    progress = ctx.progress
-
-    def track(step, total=None, force=False, **m):
-        seen["step"] = step
-        progress(step, total, force, **m)
-
-    ctx.progress = track
-    return expert.run(ctx, cfg)
 
 
 def test_loss_is_on_the_answer_only(micro_data):

@@ -14,7 +14,7 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import tiny as tiny_models
 from medminds_hpc.modeling import tokenizer as tokenizers
 from medminds_hpc.modeling.loading import list_models, load_model, load_tokenizer, resolve_model
-from tests.helpers_data import MISTRAL_TOKENIZER
+from tests.helpers import MISTRAL_TOKENIZER
 
 needs_mistral_tokenizer = pytest.mark.skipif(
     not (MISTRAL_TOKENIZER / "tokenizer.json").exists(),

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_quickstart_trains_the_task_expert(tmp_path):

@@ -11,8 +11,8 @@ from medminds_hpc.data import prompts, synthetic
 from medminds_hpc.modeling.heads import last_real_index
 from medminds_hpc.modeling.loading import load_model
 from medminds_hpc.modeling.scoring import letter_logprobs, logits_at, loglik_letter_logprobs, score_prompts, to_probs
-from tests.helpers_data import MISTRAL_TOKENIZER
-from tests.test_baseline_support import real_medmcqa_rows, require_shared_data
+from tests.helpers import MISTRAL_TOKENIZER
+from tests.helpers import real_medmcqa_rows, require_shared_data
 
 REAL_QUESTIONS = 200  # of the 970 in the sample: enough variety (lengths, subjects), a few seconds on CPU
 

@@ -11,62 +11,11 @@ from pathlib import Path
 import pytest
 
 from medminds_hpc import runs, status, submit
-from tests.conftest import counter_job, quiet, submit_options, run_cli, write_job
+from tests.helpers import (assert_was_preempted, counter_job, preempt_victim_node, quiet, run_cli, sacct_states, settled_sacct,
+                           slurm_options as opts, state_of, step_reached, wait_for, write_job)
 from tests.stages.counter import expected_value
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
-
-
-def opts(**kw):
-    kw.setdefault("executor", "slurm")
-    return submit_options(**kw)
-
-
-
-def state_of(run_id: str) -> status.RunStatus:
-    return status.collect([runs.get(run_id)])[0]
-
-
-def wait_for(run_id: str, states: set[str], timeout: float = 180, also=lambda st: True) -> status.RunStatus:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = state_of(run_id)
-        if st.state in states and also(st):
-            return st
-        time.sleep(0.5)
-    log = "\n".join(p.read_text()[-3000:] for p in runs.get(run_id).log_dir.glob("*.out"))
-    raise AssertionError(f"{run_id} did not reach {states} in {timeout}s: last {st.state} {st.detail}\n{log}")
-
-
-def sacct_states(job_id: str) -> list[str]:
-    out = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", job_id, "--format=State"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def settled_sacct(job_id: str, timeout: float = 30) -> list[str]:
-    """sacct's states once the job has left RUNNING/COMPLETING (run.json is final before the process exits)."""
-    deadline = time.time() + timeout
-    while True:
-        states = sacct_states(job_id)
-        if (states and not {"RUNNING", "COMPLETING", "PENDING"} & set(states[-1:])) or time.time() > deadline:
-            return states
-        time.sleep(0.5)
-
-
-def preempt_victim_node(sleep_s: float) -> str:
-    """Submit a high-priority `gpu` job for both a100s: Slurm preempts (requeues) the gpu-preempt job there."""
-    return subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", f"sleep {sleep_s}"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
-def assert_was_preempted(run: submit.PlannedRun, hog: str) -> None:
-    assert "PREEMPTED" in sacct_states(run.job_ids[0]) or "REQUEUED" in sacct_states(run.job_ids[0])
-    assert settled_sacct(hog) == ["COMPLETED"]
-
-
-def step_reached(run_id: str, at_least: int) -> bool:
-    prog = runs.get(run_id).data.get("progress", {}).get("0", {})
-    return (prog.get("step") or 0) >= at_least
 
 
 def test_submit_completes_and_shows_in_status(jobs_dir):

@@ -11,9 +11,9 @@ import torch
 
 from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
-from tests.conftest import write_job
-from tests.test_expert import run_stage, small
-from tests.test_slurm import assert_was_preempted, preempt_victim_node, step_reached, wait_for
+from tests.helpers import write_job
+from tests.helpers import run_expert as run_stage, small_expert as small
+from tests.helpers import assert_was_preempted, preempt_victim_node, step_reached, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 

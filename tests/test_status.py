@@ -6,7 +6,7 @@ import stat
 import time
 
 from medminds_hpc import control, runs, status, submit
-from tests.conftest import counter_job, quiet, run_cli, submit_options, write_job
+from tests.helpers import counter_job, quiet, run_cli, submit_options, write_job
 
 
 def fake_tool(bin_dir, name, output):

@@ -1,6 +1,5 @@
 """Submitting with the local and debug executors: the same code path as Slurm, minus the scheduler."""
 
-import json
 import os
 import signal
 import time
@@ -10,7 +9,7 @@ import pytest
 
 from medminds_hpc import runs, status, submit
 from medminds_hpc.errors import UserError
-from tests.conftest import counter_job, quiet, submit_options, write_job
+from tests.helpers import counter_job, quiet, submit_options, write_job
 from tests.stages.counter import expected_value
 
 

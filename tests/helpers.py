@@ -1,0 +1,225 @@
+"""Helpers shared by the tests (no tests here): paths, option builders, test experiments, stage contexts,
+tiny experts, and waiting on the dev Slurm cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medminds_hpc import runs, status, submit
+from medminds_hpc.context import StageContext
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MEDMCQA_SAMPLE = SHARED_DATA / "medmcqa" / "dev-sample.jsonl"
+MISTRAL_TOKENIZER = SHARED_DATA / "tokenizers" / "mistral-7b-v0.1"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# submitting ---------------------------------------------------------------------------------------------------
+def submit_options(**kw):
+    """SubmitOptions for the dev cluster profile; `executor` defaults to local."""
+    from medminds_hpc.submit import SubmitOptions
+
+    kw.setdefault("dataset", "micro")
+    kw.setdefault("cluster", "dev")
+    kw.setdefault("executor", "local")
+    return SubmitOptions(**kw)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def write_job(jobs_dir: Path, name: str, text: str) -> Path:
+    p = jobs_dir / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def counter_job(steps: int = 5, sleep_s: float = 0.0, extra: str = "", needs: str = "[]", resources: str = "") -> str:
+    return f'''stage = "tests.stages.counter"
+needs = {needs}
+{extra}
+[params]
+steps = {steps}
+sleep_s = {sleep_s}
+{resources}
+'''
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m medminds_hpc.cli ...` as a user would (new process, real exit code)."""
+    return subprocess.run([sys.executable, "-m", "medminds_hpc.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+def slurm_up() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+# stages on tiny models ----------------------------------------------------------------------------------------
+def require_shared_data(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"real data not found ({', '.join(missing)}): these tests need ../shared/data beside the project "
+                    "(present in CI; on a fresh machine they are skipped)")
+
+
+def real_medmcqa_rows(n: int | None = None) -> list[dict[str, Any]]:
+    """The real MedMCQA validation sample, through the data package's loader (cop 1-4 handled there)."""
+    from medminds_hpc.data.medmcqa import load_medmcqa
+
+    require_shared_data(MEDMCQA_SAMPLE)
+    rows = load_medmcqa(MEDMCQA_SAMPLE, splits=("validation",), show_progress=False)["validation"].to_list()
+    return rows[:n] if n else rows
+
+
+def prepare_synthetic(size: str = "micro") -> None:
+    """Synthetic, learnable MedMCQA (+ ARC, instruct) prepared into this test's $MEDMINDS_HOME."""
+    from medminds_hpc.data.prepare import prepare
+
+    prepare(size, source="synthetic", say=lambda _message: None, show_progress=False)
+
+
+def stage_ctx(run_id: str, *, model: str = "tiny", needs: dict[str, str] | None = None, stop_at: int | None = None,
+              checkpoint_every_steps: int = 200) -> StageContext:
+    """A StageContext on run `run_id` (created on first use). With stop_at, the stop flag fires once training has
+    finished step `stop_at` (as a USR2 would); steps are counted from the engine's progress reports only."""
+    run = runs.get(run_id) or runs.create(run_id, {"experiment": run_id.rsplit("-", 2)[0], "dataset": "micro",
+                                                   "model": model, "needs": needs or {}})
+    ctx = StageContext(run=run, checkpoint_every_steps=checkpoint_every_steps, checkpoint_every_minutes=60)
+    if stop_at is None:
+        return ctx
+    state = {"step": 0, "fired": False}
+    report = ctx.progress
+
+    def progress(step: int, total: int | None = None, force: bool = False, **metrics: Any) -> None:
+        if "epoch" in metrics:  # the training engine's step report (scoring reports questions, not steps)
+            state["step"] = step
+        report(step, total, force, **metrics)
+
+    def stop() -> bool:
+        if not state["fired"] and state["step"] >= stop_at:
+            state["fired"] = True
+            return True
+        return False
+
+    ctx.progress = progress  # type: ignore[method-assign]
+    ctx.stop_requested = stop
+    return ctx
+
+
+def make_expert(name: str, seed: int, model: str = "tiny", targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")) -> runs.Run:
+    """A finished expert-<name> run holding artifacts/adapter: a LoRA of `model` with random, non-zero B (so it
+    visibly changes the model), saved the way the expert stage saves its adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from medminds_hpc.modeling.loading import load_model
+
+    run = runs.create(f"expert-{name}-micro-{seed:08d}", {"experiment": f"expert-{name}", "dataset": "micro", "model": model})
+    base, _ = load_model(model)
+    torch.manual_seed(seed)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
+    lora.save_pretrained(str(run.artifacts_dir / "adapter"))
+    run.update(lambda d: d.update(state=runs.COMPLETED))
+    return run
+
+
+def small_expert(data: str = "arc", **kw: Any) -> Any:
+    """An expert config small enough to train on the tiny model in seconds."""
+    from medminds_hpc.stages import expert
+
+    base = dict(data=data, epochs=2.0, batch_size=16, learning_rate=1e-2, warmup_steps=2, optimizer="adamw",
+                max_train_rows=480, holdout_rows=100, eval_rows=100, max_length=160, checkpoint_every_steps=10)
+    base.update(kw)
+    return expert.Config(**base)
+
+
+def run_expert(run_id: str, cfg: Any, stop_at: int | None = None) -> dict:
+    """Run the expert stage in-process on run `run_id`; with stop_at, the stop flag fires at that step."""
+    from medminds_hpc.stages import expert
+
+    run = runs.get(run_id) or runs.create(run_id, {"experiment": "expert-task", "dataset": "micro", "model": "tiny"})
+    seen = {"step": 0}
+    ctx = StageContext(run=run, checkpoint_every_steps=cfg.checkpoint_every_steps, stop_requested=lambda: stop_at is not None and seen["step"] >= stop_at)
+    progress = ctx.progress
+
+    def track(step, total=None, force=False, **m):
+        seen["step"] = step
+        progress(step, total, force, **m)
+
+    ctx.progress = track
+    return expert.run(ctx, cfg)
+
+
+# the dev Slurm cluster ----------------------------------------------------------------------------------------
+def slurm_options(**kw):
+    kw.setdefault("executor", "slurm")
+    return submit_options(**kw)
+
+
+
+def state_of(run_id: str) -> status.RunStatus:
+    return status.collect([runs.get(run_id)])[0]
+
+
+def wait_for(run_id: str, states: set[str], timeout: float = 180, also=lambda st: True) -> status.RunStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = state_of(run_id)
+        if st.state in states and also(st):
+            return st
+        time.sleep(0.5)
+    log = "\n".join(p.read_text()[-3000:] for p in runs.get(run_id).log_dir.glob("*.out"))
+    raise AssertionError(f"{run_id} did not reach {states} in {timeout}s: last {st.state} {st.detail}\n{log}")
+
+
+def sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", job_id, "--format=State"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def settled_sacct(job_id: str, timeout: float = 30) -> list[str]:
+    """sacct's states once the job has left RUNNING/COMPLETING (run.json is final before the process exits)."""
+    deadline = time.time() + timeout
+    while True:
+        states = sacct_states(job_id)
+        if (states and not {"RUNNING", "COMPLETING", "PENDING"} & set(states[-1:])) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def preempt_victim_node(sleep_s: float) -> str:
+    """Submit a high-priority `gpu` job for both a100s: Slurm preempts (requeues) the gpu-preempt job there."""
+    return subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:a100:2", "--mem=500M", "-o", "/dev/null", "--wrap", f"sleep {sleep_s}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def assert_was_preempted(run: submit.PlannedRun, hog: str) -> None:
+    assert "PREEMPTED" in sacct_states(run.job_ids[0]) or "REQUEUED" in sacct_states(run.job_ids[0])
+    assert settled_sacct(hog) == ["COMPLETED"]
+
+
+def step_reached(run_id: str, at_least: int) -> bool:
+    prog = runs.get(run_id).data.get("progress", {}).get("0", {})
+    return (prog.get("step") or 0) >= at_least
