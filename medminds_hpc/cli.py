@@ -115,7 +115,7 @@ def prepare(
     `medminds submit X -o prepare.source=...` with the same options then finds the data ready (a check of the
     inputs' sha256, not a rebuild). Run it on a login node to fetch and cache the Hub data once.
     """
-    from medminds_hpc import config, experiments
+    from medminds_hpc import config, experiments, paths
     from medminds_hpc.stages import prepare as prepare_stage
 
     try:
@@ -126,7 +126,7 @@ def prepare(
         from medminds_hpc.data.card import card_table
         from medminds_hpc.data.prepare import prepare as run_prepare
 
-        out_dir = prepare_stage.data_dir(prepare_stage.run_id_for(dataset, cfg))
+        out_dir = paths.prepared_dir(prepare_stage.run_id_for(dataset, cfg))
         card = run_prepare(dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base, bad_rows=cfg.bad_rows,
                            instruct_sources=cfg.instruct, force=cfg.force, out_dir=out_dir,
                            say=lambda m: console().print(m, highlight=False, markup=False))

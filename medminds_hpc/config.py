@@ -162,7 +162,3 @@ def build(cls: type, mapping: dict[str, Any], where: str) -> Any:
         else:
             return obj
     raise UserError(f"{where}: " + "; ".join(problems))
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)

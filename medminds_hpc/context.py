@@ -1,8 +1,12 @@
-"""What a stage sees of its run: config, upstream runs, progress reporting, and the stop-and-save protocol.
+"""What a stage sees of its run: its record, upstream runs, data folder, progress, and the stop-and-save protocol.
 
-Stages call `ctx.step_done(step, state_fn)` at every step boundary. It saves a checkpoint when one is due
-(every N steps or M minutes) or when the job was asked to stop (preemption or approaching time-out), and
-in the latter case raises StopRequested after saving, so the job requeues and resumes from that step.
+A stage checkpoints in one of two ways (see the stage contract in `medminds_hpc/stages/__init__.py`):
+- through the shared training engine (`training.engine.train(ctx, plan)`), which saves the Trainer's trainable
+  state into `ctx.checkpoints` and honours `ctx.stop_requested()` at every step boundary by itself; or
+- a loop without a Trainer (feature extraction, scoring with state worth keeping) calls `ctx.resume()` once,
+  then `ctx.step_done(step, state_fn)` after every unit of work: it saves when a save is due (every N steps or
+  M minutes) or when the job was asked to stop (preemption, approaching time-out), and in the latter case
+  raises StopRequested after saving, so the job requeues and resumes from that step.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from medminds_hpc import fileio, runs
+from medminds_hpc import fileio, paths, runs
 from medminds_hpc.training.checkpoint import Checkpoint, CheckpointStore
 
 
@@ -63,9 +67,7 @@ class StageContext:
         """The folder of the prepare run this run needs (None: no such need, the default data/<size>)."""
         if "prepare" not in self.record.get("needs", {}):
             return None
-        from medminds_hpc.stages.prepare import data_dir
-
-        return data_dir(self.need("prepare").id)
+        return paths.prepared_dir(self.need("prepare").id)
 
     # checkpoints ---------------------------------------------------------------------------------------
     @property
@@ -134,6 +136,16 @@ class StageContext:
         if self.is_rank_zero:
             fileio.append_jsonl(self.run_dir / runs.METRICS_LOG, {"time": time.time(), "shard": self.shard, **record})
 
-    def write_metrics(self, metrics: dict[str, Any], name: str = runs.METRICS_FILE) -> None:
+    def write_metrics(self, evaluation: dict[str, Any], *, train_seconds: float, eval_seconds: float) -> None:
+        """metrics.json: evaluation results only, with the run's identity (medminds_hpc/results.py)."""
+        from medminds_hpc import results
+
         if self.is_rank_zero:
-            fileio.atomic_write_json(self.run_dir / name, metrics)
+            results.write(self.run, evaluation, train_seconds=train_seconds, eval_seconds=eval_seconds)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """A stage's own report file in the run directory (e.g. card.json, doctor.json), written atomically."""
+        if name == "metrics.json":
+            raise ValueError("metrics.json holds evaluation results only: use write_metrics")
+        if self.is_rank_zero:
+            fileio.atomic_write_json(self.run_dir / name, obj)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from medminds_hpc import clusters, runs, status
+from medminds_hpc import clusters, fileio, runs, status
 from medminds_hpc.errors import UserError
 
 
@@ -100,7 +100,10 @@ def doctor(cluster: str | None, executor: str | None, gpu_types: list[str], say:
         submit_mod.wait_for_run(p)
         run = run.reload()
         reports.append(run)
-        metrics = run.metrics() or {}
+        from medminds_hpc.stages.doctor import REPORT_FILE
+
+        report_file = run.dir / REPORT_FILE
+        metrics = fileio.read_json(report_file) if report_file.exists() else {}
         say(f"== {p.resolved.config.expect_gpu} ({p.run_id}) ==")
         for key, value in metrics.items():
             say(f"  {key}: {value}")

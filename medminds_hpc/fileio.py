@@ -11,9 +11,11 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def sha256_file(path: Path | str) -> str:
@@ -61,6 +63,60 @@ def umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
+
+
+def staging_dir(target: Path | str) -> Path:
+    """A fresh, empty directory beside `target` to build its next version in (hidden, unique to this process)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    return tmp
+
+
+def swap_in(tmp: Path | str, target: Path | str) -> None:
+    """Put the fully written directory `tmp` in place of `target`: a reader sees the old one or the new one, whole.
+
+    The old version is renamed aside first; a kill between the two renames leaves it at `.NAME.old-*`, which
+    `recover_swap` puts back.
+    """
+    tmp, target = Path(tmp), Path(target)
+    old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dir(target: Path | str, write: Callable[[Path], Any]) -> None:
+    """Build a directory with `write(tmp)` under a temporary name, then swap it in place of `target`."""
+    tmp = staging_dir(target)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in(tmp, target)
+
+
+def recover_swap(target: Path | str) -> None:
+    """Undo what a killed swap left beside `target`: put back a version moved aside between the two renames, and
+    remove stale temporary folders. Call it only while no other process writes `target` (hold its lock)."""
+    target = Path(target)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=_swap_time)
+    if not target.exists() and olds:
+        os.rename(olds.pop(), target)
+    for stale in olds:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap_time(path: Path) -> int:
+    """When a version was moved aside (the nanoseconds in its name; a rename keeps a directory's mtime)."""
+    tail = path.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

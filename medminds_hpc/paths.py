@@ -36,6 +36,11 @@ def data_dir() -> Path:
     return home() / "data"
 
 
+def prepared_dir(prepare_run_id: str) -> Path:
+    """The folder a `prepare` run fills; every stage that needs that run reads its data there."""
+    return data_dir() / prepare_run_id
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a syntax error names the file and the line."""
     try:

@@ -21,14 +21,12 @@ from medminds_hpc import fileio, paths
 from medminds_hpc.errors import UserError
 
 RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
 
 # States a run can be in, in Slurm's words where Slurm has one.
 SUBMITTING, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "SUBMITTING", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"
 REQUEUED, PREEMPTED, TIMEOUT, UNKNOWN = "REQUEUED", "PREEMPTED", "TIMEOUT", "UNKNOWN"
 ACTIVE_STATES = {SUBMITTING, PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
-FINISHED_OK = {COMPLETED}
 
 
 def now() -> str:
@@ -86,11 +84,14 @@ class Run:
         return self.dir / "artifacts"
 
     def metrics(self) -> dict[str, Any] | None:
-        p = self.dir / METRICS_FILE
-        try:
-            return fileio.read_json(p) if p.exists() else None
-        except (OSError, json.JSONDecodeError):
-            return None
+        """The run's evaluation results (metrics.json), or None before it has any."""
+        from medminds_hpc import results
+
+        return results.read(self.dir)
+
+    def result(self, shard: int = 0) -> dict[str, Any] | None:
+        """What the stage's run function returned for `shard` (its scalar values, kept in run.json)."""
+        return self.data.get("results", {}).get(str(shard))
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read-modify-write run.json under its lock; `change` edits the dict in place."""

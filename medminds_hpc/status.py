@@ -36,10 +36,6 @@ def _gpus_from_tres(tres: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def slurm_available() -> bool:
-    return shutil.which("sacct") is not None or shutil.which("squeue") is not None
-
-
 def scheduler_states(job_ids: list[str]) -> dict[str, JobInfo]:
     """State of each Slurm job id (array tasks as '123_4'), from one sacct call plus one squeue call."""
     job_ids = [j for j in dict.fromkeys(job_ids) if j and re.fullmatch(r"\d+(_\d+)?", j)]

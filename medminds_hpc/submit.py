@@ -9,7 +9,6 @@ a failed upstream cancels them instead of leaving them pending forever.
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -156,6 +155,7 @@ def sbatch_script(p: PlannedRun, dependencies: list[str]) -> str:
 def _record(p: PlannedRun, executor: str) -> dict[str, Any]:
     return {
         "experiment": p.name, "stage": p.resolved.experiment.stage, "dataset": p.resolved.dataset,
+        "config_hash": p.run_id.rsplit("-", 1)[-1],  # make_run_id's last part
         "model": p.resolved.model, "params": p.resolved.params, "needs": p.needs,
         "shards": p.resolved.experiment.shards, "executor": executor, "cluster": p.resources.cluster,
         "resources": vars(p.resources).copy(), "experiment_file": str(p.resolved.experiment.path),
@@ -273,7 +273,3 @@ def _wait_for(jobs: list[Any], p: PlannedRun) -> None:
     run = runs.load(paths.runs_dir() / p.run_id)
     if run.state != runs.COMPLETED:
         raise UserError(f"{p.run_id}: ended in state {run.state}: {run.data.get('error', 'see `medminds logs ' + p.run_id + '`')}")
-
-
-def quote_command(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -84,7 +84,7 @@ def test_unknown_executor(medminds_home):
 
 
 def test_unimplemented_stage(medminds_home):
-    assert_user_error(run_cli("submit", "moe-topk", "-d", "micro", "--executor", "local"), "stage 'moe' is not implemented yet", home=medminds_home)
+    assert_user_error(run_cli("submit", "moe-topk", "-d", "micro", "--executor", "local"), "stage 'moe' has a config but no run function yet", home=medminds_home)
 
 
 def test_run_that_matches_nothing():

@@ -174,7 +174,8 @@ def test_stage_run_writes_card_into_metrics(medminds_home):
     ctx = StageContext(run=runs.create("prepare-micro-00000001", {"experiment": "prepare", "dataset": "micro"}))
     result = run(ctx, Config(source="synthetic"))
     assert result["rows_medmcqa_train"] == 2000 and result["up_to_date"] is False
-    assert ctx.run.metrics()["splits"]["medmcqa_validation"]["rows"] == 500
+    assert json.loads((ctx.run_dir / "card.json").read_text())["splits"]["medmcqa_validation"]["rows"] == 500
+    assert ctx.run.metrics() is None  # metrics.json holds evaluation results only
     assert (medminds_home / "data" / "prepare-micro-00000001" / "medmcqa_train.parquet").exists()
     assert run(ctx, Config(source="synthetic"))["up_to_date"] is True
 

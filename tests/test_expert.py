@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medminds_hpc import runs
+from medminds_hpc import artifacts, runs
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.data import prompts
 from medminds_hpc.data.prepare import prepare
@@ -48,7 +48,7 @@ def test_task_expert_learns_and_its_adapter_reloads(micro_data):
     from medminds_hpc.modeling.scoring import letter_logprobs
     from medminds_hpc.data.prepare import load_prepared
 
-    adapter = run.artifacts_dir / expert.ADAPTER_DIR
+    adapter = artifacts.path(run, artifacts.ADAPTER)
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
     base, tok = load_model("tiny")
     rows = load_prepared("micro", "medmcqa_validation").to_list()[:16]

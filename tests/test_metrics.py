@@ -1,9 +1,7 @@
-"""Evaluation metrics against hand-computed numbers, and the predictions/metrics files."""
+"""Evaluation metrics against hand-computed numbers, and the predictions file."""
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 
 import numpy as np
@@ -14,7 +12,6 @@ from medminds_hpc.training.metrics import (
     evaluate_predictions,
     read_predictions,
     wilson_interval,
-    write_metrics,
     write_predictions,
 )
 
@@ -138,21 +135,6 @@ def test_predictions_parquet_round_trips_atomically(tmp_path):
     df2 = read_predictions(run)
     assert path2 == run / "predictions.parquet" and df2["gold"].tolist() == [-1, 2] and df2["subject"].isna().all()
     assert df2["choice_type"].tolist() == ["single", "multi"]
-
-
-def test_write_metrics_is_json_with_timings(tmp_path):
-    m = small_case()
-    m["extra"] = {"numpy": np.float32(0.5), "count": np.int64(3), "arr": np.arange(2)}
-    path = write_metrics(tmp_path, m, train_seconds=12.5, eval_seconds=np.float64(3.0))
-    data = json.loads(path.read_text())
-    assert path.name == "metrics.json"
-    for key in ("accuracy", "accuracy_ci95", "n", "confusion_matrix", "per_subject", "train_seconds", "eval_seconds", "macro_f1"):
-        assert key in data
-    assert data["train_seconds"] == 12.5 and data["eval_seconds"] == 3.0
-    assert data["extra"] == {"numpy": 0.5, "count": 3, "arr": [0, 1]}
-    assert math.isclose(data["accuracy"], 4 / 6)
-    with pytest.raises(ValueError, match="evaluate_predictions"):
-        write_metrics(tmp_path, {"accuracy": 0.5}, 1, 1)
 
 
 def test_metrics_module_does_not_import_torch():

@@ -64,3 +64,23 @@ def test_unreadable_run_directory_is_a_clear_error(medminds_home):
     assert str(run.path) in str(e.value) and "line 1" in str(e.value)
     good, problems = runs.list_runs()
     assert good == [] and len(problems) == 1
+
+
+def test_replace_dir_swaps_whole_and_recovers_from_a_kill(tmp_path):
+    from medminds_hpc import fileio
+
+    tmp_path = tmp_path / "swap"
+    tmp_path.mkdir()
+    target = tmp_path / "out"
+    fileio.replace_dir(target, lambda d: (d / "a").write_text("1"))
+    fileio.replace_dir(target, lambda d: (d / "b").write_text("2"))
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    with pytest.raises(RuntimeError):
+        fileio.replace_dir(target, lambda d: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert sorted(p.name for p in target.iterdir()) == ["b"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+    # a kill between the two renames of a swap: the old version lies aside, the new one is a stray temp folder
+    (tmp_path / ".out.old-1-1").mkdir()
+    target.rename(tmp_path / ".out.old-1-2")
+    (tmp_path / ".out.tmp-1-3").mkdir()
+    fileio.recover_swap(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "b").read_text() == "2"

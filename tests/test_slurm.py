@@ -23,7 +23,7 @@ def test_submit_completes_and_shows_in_status(jobs_dir):
     (p,) = submit.submit("count", opts(), say=quiet)
     st = wait_for(p.run_id, {runs.COMPLETED})
     assert st.job_id == p.job_ids[0] and st.node == "gpu002"  # micro -> v100 on the dev cluster
-    assert runs.get(p.run_id).metrics()["value"] == expected_value(3)
+    assert runs.get(p.run_id).result()["value"] == expected_value(3)
     rows = json.loads(run_cli("status", "--json").stdout)
     assert [(r["run"], r["state"], r["job_id"]) for r in rows] == [(p.run_id, "COMPLETED", p.job_ids[0])]
     assert settled_sacct(p.job_ids[0]) == ["COMPLETED"]
@@ -33,7 +33,7 @@ def test_a100_job_lands_on_the_a100_node_with_cuda_visible_devices(medminds_home
     p = run_cli("doctor", "--cluster", "dev", "--gpu", "a100", "--executor", "slurm", timeout=200)
     assert p.returncode == 0, p.stderr
     run = next(r for r in runs.list_runs()[0] if r.data["experiment"] == "doctor")
-    report = run.metrics()
+    report = json.loads((run.dir / "doctor.json").read_text())
     assert report["slurm_nodelist"] == "gpu001" and report["cuda_visible_devices"] not in ("", "(unset)")
     assert report["expected_gpu"] == "a100" and "cuda_visible_devices: 0" in p.stdout
     settled_sacct(run.reload().last_job_id)  # GPU time comes from accounting, which lags the job's end under load
@@ -117,7 +117,7 @@ def test_identical_resubmission_reports_the_running_job(jobs_dir):
 
 def _assert_resumed_exactly(run_id: str, steps: int) -> dict:
     run = runs.get(run_id)
-    metrics = run.metrics()
+    metrics = run.result()
     assert metrics["value"] == expected_value(steps), "resumed run ended differently from an uninterrupted one"
     assert 0 < metrics["resumed_from"] < steps, metrics
     assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2

@@ -24,7 +24,7 @@ def test_debug_executor_runs_in_process(jobs_dir):
     (p,) = submit.submit("count", opts(executor="debug"), say=quiet)
     run = runs.get(p.run_id)
     assert run.state == runs.COMPLETED
-    assert run.metrics()["value"] == expected_value(7)
+    assert run.result()["value"] == expected_value(7)
 
 
 def test_local_job_completes_and_is_visible_in_status(jobs_dir):
@@ -122,7 +122,7 @@ def test_local_job_resumes_after_usr2_with_the_same_result(jobs_dir):
     p.jobs[0].result()
     run.reload()
     assert run.state == runs.COMPLETED and run.data["requeues"] == 1
-    metrics = run.metrics()
+    metrics = run.result()
     assert metrics["value"] == expected_value(30)
     assert 0 < metrics["resumed_from"] < 30  # the second start resumed mid-way, not from scratch
     assert len(run.data["attempts"]) == 2

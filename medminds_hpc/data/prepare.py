@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -133,30 +131,6 @@ def _write_parquet(ds: "datasets.Dataset", path: Path) -> None:
     pq.write_table(ds.with_format("arrow")[:], path)  # honours select()'s indices, without a progress bar
 
 
-# the atomic swap ----------------------------------------------------------------------------------------------
-def _recover(target: Path) -> None:
-    """Undo what a killed prepare left: put back an output moved aside by a swap cut between its two renames,
-    and remove stale temporary folders (the caller holds the lock, so no other prepare is writing them)."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if target.exists():
-        for stale in target.parent.glob(f".{target.name}.old-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.rename(olds[-1], target)
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    old = target.parent / f".{target.name}.old-{os.getpid()}-{time.time_ns()}"
-    if target.exists():
-        os.rename(target, old)
-    os.rename(tmp, target)
-    fileio.fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # the entry point -------------------------------------------------------------------------------------------------
 def prepare(
     dataset_size: str,
@@ -211,15 +185,14 @@ def prepare(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with fileio.locked(target.parent / f".{target.name}"):
-        _recover(target)
+        fileio.recover_swap(target)
         old = _read_json(target / CARD)
         if not force and old is not None and old.get("key") == key and _outputs_intact(target, old):
             say(f"{target} is up to date (same inputs and options); nothing rewritten")
             return {**old, "up_to_date": True}
         started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~fileio.umask())  # mkdtemp makes 0700; collaborators on a shared filesystem must read it
+
+        def build(tmp: Path) -> None:
             card = _build(spec, kind, source, plan, method, seed, cop_base, bad_rows, names, show_progress, say, tmp)
             if kind == "local":
                 card["inputs"] = inputs
@@ -230,10 +203,9 @@ def prepare(
             card.update({"format": CARD_FORMAT, "key": key, "options": options, "source": source, "dataset_size": dataset_size,
                          "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.monotonic() - started, 3)})
             _write_card(tmp / CARD, card)
-            _swap_in(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        fileio.replace_dir(target, build)
+        card = _read_json(target / CARD)
     for w in card["warnings"]:
         say(f"warning: {w}")
     say(f"prepared {target}: " + ", ".join(f"{k} {v['rows']:,}" for k, v in card["files"].items()))

@@ -78,14 +78,6 @@ def column(ds: "datasets.Dataset", name: str) -> list[Any]:
     return ds.with_format("arrow")[name].to_pylist()
 
 
-def rows_to_columns(rows: list[dict[str, Any]], kind: Kind) -> dict[str, list[Any]]:
-    cols = empty_columns(kind)
-    for row in rows:
-        for c in cols:
-            cols[c].append(row[c])
-    return cols
-
-
 @dataclass
 class Loaded:
     """What a loader returns: canonical datasets by split, plus a report for the data card.

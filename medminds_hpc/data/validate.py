@@ -19,7 +19,6 @@ MAX_LISTED = 20
 
 # reasons: the keys of the card's "dropped" counts (missing / empty / wrong type are suffixed with the field)
 MISSING = "missing field"
-EMPTY = "empty field"
 OUT_OF_RANGE = "answer out of range"
 NOT_STRING = "non-string option"
 WRONG_TYPE = "wrong type"

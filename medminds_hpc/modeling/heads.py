@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from medminds_hpc.errors import UserError
 
-HeadInit = Literal["random", "letters"]
 HEAD_INITS: tuple[str, ...] = ("random", "letters")
 NUM_CHOICES = 4
 HEAD_FILE = "head.safetensors"

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
-from medminds_hpc.stages.expert import ADAPTER_DIR  # what the expert stage writes under its artifacts/
 from medminds_hpc.training.options import TrainOptions, doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
     from medminds_hpc.modeling.heads import LastTokenClassifier
 
-CLASSIFIER_DIR = "classifier"
 TRAINABLE_LORA = "default"  # peft's name for the classifier's own LoRA
 
 
@@ -76,7 +75,7 @@ def expert_adapter(ctx: "StageContext", adapter: str) -> tuple[str, Path] | None
     if trained_on and ctx.model and trained_on != ctx.model:
         raise UserError(f"expert-{adapter} run {upstream.id} was trained on {trained_on!r} but this run uses {ctx.model!r}; "
                         f"submit both with the same --model")
-    return adapter, upstream.artifacts_dir / ADAPTER_DIR
+    return adapter, artifacts.path(upstream, artifacts.ADAPTER)
 
 
 def load_rows(ctx: "StageContext", split: str, limit: int = 0) -> list[dict[str, Any]]:
@@ -111,7 +110,7 @@ def write_results(ctx: "StageContext", rows: list[dict[str, Any]], scores: Any, 
     result.update(extra)
     if ctx.is_rank_zero:
         metrics.write_predictions(ctx.run_dir, ids, subjects, gold, scores, choice_types=choice_types)
-        metrics.write_metrics(ctx.run_dir, result, train_seconds=train_seconds, eval_seconds=eval_seconds)
+    ctx.write_metrics(result, train_seconds=train_seconds, eval_seconds=eval_seconds)
     return result
 
 
@@ -246,11 +245,11 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
 
     kept = "last"
     if cfg.keep == "best" and outcome.best is not None:
-        load_classifier_state(classifier, ctx.run.artifacts_dir / "best")  # where the engine keeps the best epoch
+        load_classifier_state(classifier, artifacts.path(ctx.run, artifacts.BEST))
         kept = f"best (epoch {outcome.best['epoch']})"
     classifier.eval()
     if ctx.is_rank_zero:
-        engine.replace_dir(ctx.run.artifacts_dir / CLASSIFIER_DIR, lambda tmp: save_classifier(classifier, tmp, {**info, "kept": kept}))
+        fileio.replace_dir(artifacts.path(ctx.run, artifacts.CLASSIFIER), lambda tmp: save_classifier(classifier, tmp, {**info, "kept": kept}))
     started = time.time()
     logits = score(classifier, scoring_progress(ctx, stoppable=True))
     eval_seconds = time.time() - started
@@ -258,7 +257,7 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
              "prompt": cfg.prompt, "kept": kept, "steps": outcome.steps, "train_rows": len(train_rows),
              "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
              "epochs": outcome.history, "best": outcome.best,
-             "classifier": str(ctx.run.artifacts_dir / CLASSIFIER_DIR)}
+             "classifier": str(artifacts.path(ctx.run, artifacts.CLASSIFIER))}
     result = write_results(ctx, val_rows, to_probs(logits), train_seconds=outcome.train_seconds,
                            eval_seconds=eval_seconds, extra=extra)
     return {"accuracy": result["accuracy"], "n": result["n"], "steps": outcome.steps}

@@ -16,6 +16,9 @@ from medminds_hpc import paths
 from medminds_hpc.training.options import doc
 
 
+REPORT_FILE = "doctor.json"
+
+
 @dataclass
 class Config:
     expect_gpu: str = field(default="", metadata=doc("GPU type the job asked for (reported beside what it got)"))
@@ -68,5 +71,5 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
         "free_disk_gb_hf_cache": round(shutil.disk_usage(hf_home if os.path.isdir(hf_home) else paths.home()).free / 1e9, 1),
         "hub_reachable": _hub_reachable() if cfg.check_hub else "not tried",
     }
-    ctx.write_metrics(report)
+    ctx.write_json(REPORT_FILE, report)
     return {"cuda_available": cuda, "node": report["node"]}

@@ -3,7 +3,7 @@
 The loss is on the answer tokens only (a letter for ARC, the answer text for instruct): loss on the prompt too is
 a known way to teach a model to always say "A". Each epoch is validated by next-word letter accuracy on MedMCQA
 validation; the adapter is saved as `artifacts/adapter` (safetensors, `PeftModel.from_pretrained`-loadable),
-which later stages find through the run registry.
+which later stages find as `artifacts.path(run, artifacts.ADAPTER)`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ class Config(TrainOptions):
     epochs: float = 3.0
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adamw_8bit"
 
-
-ADAPTER_DIR = "adapter"
 
 
 def training_rows(cfg: Config, rows: list[dict[str, Any]], tokenizer: Any) -> Any:
@@ -97,7 +95,7 @@ def epoch_metrics(model: Any, tokenizer: Any, val_rows: list[dict[str, Any]], ho
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
-    from medminds_hpc import fileio
+    from medminds_hpc import artifacts, fileio
     from medminds_hpc.data.prepare import load_prepared
     from medminds_hpc.modeling.loading import load_model
     from medminds_hpc.modeling.lora import add_lora
@@ -128,8 +126,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     )
     outcome = engine.train(ctx, plan)
 
-    adapter_dir = ctx.run_dir / "artifacts" / ADAPTER_DIR
-    engine.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
+    adapter_dir = artifacts.path(ctx.run, artifacts.ADAPTER)
+    fileio.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
     started = time.time()
     model.eval()
     result, probs = validate(model, tokenizer, val_rows, cfg)
@@ -139,7 +137,7 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     result.update(steps=outcome.steps, train_rows=len(train_rows), best=outcome.best, epochs=outcome.history,
                   task_accuracy=own_task_accuracy(model, tokenizer, holdout, cfg), holdout_rows=len(holdout),
                   adapter=str(adapter_dir))
-    metrics.write_metrics(ctx.run_dir, result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
-    fileio.atomic_write_json(ctx.run_dir / "artifacts" / "expert.json", {"data": cfg.data, "model": ctx.model, "adapter": ADAPTER_DIR})
+    ctx.write_metrics(result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
+    fileio.atomic_write_json(artifacts.path(ctx.run, artifacts.EXPERT_INFO), {"data": cfg.data, "model": ctx.model, "adapter": artifacts.ADAPTER})
     return {"accuracy": result["accuracy"], "steps": outcome.steps}
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from medminds_hpc import paths
 from medminds_hpc.training.options import doc
 
 EXPERIMENT = "prepare"
+CARD_FILE = "card.json"  # a copy of the data folder's card, kept with the run
 
 
 @dataclass
@@ -47,10 +47,6 @@ class Config:
             raise ValueError("; ".join(problems))
 
 
-def data_dir(run_id: str) -> Path:
-    return paths.data_dir() / run_id
-
-
 def run_id_for(dataset: str, cfg: Config) -> str:
     """The id `medminds submit` gives the prepare run of this config (so `medminds prepare` fills the same folder)."""
     from medminds_hpc import experiments, runs
@@ -63,10 +59,10 @@ def run_id_for(dataset: str, cfg: Config) -> str:
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc.data.prepare import prepare
 
-    card = prepare(ctx.dataset, out_dir=data_dir(ctx.run.id), source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base,
+    card = prepare(ctx.dataset, out_dir=paths.prepared_dir(ctx.run.id), source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base,
                    bad_rows=cfg.bad_rows, instruct_sources=cfg.instruct, force=cfg.force, show_progress=False,
                    say=lambda message: print(message, flush=True))
-    ctx.write_metrics(card)
+    ctx.write_json(CARD_FILE, card)
     result: dict[str, Any] = {f"rows_{name}": info["rows"] for name, info in card.get("splits", {}).items()}
     result["up_to_date"] = bool(card.get("up_to_date"))
     result["warnings"] = len(card.get("warnings", []))

@@ -64,10 +64,7 @@ class CheckpointStore:
         }
         fileio.atomic_write_json(src / MANIFEST, {"step": step, "saved_at": time.time(), "files": files, "meta": meta or {}})
         final = self.root / f"step-{step:08d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(src, final)
-        fileio.fsync_dir(self.root)
+        fileio.swap_in(src, final)
         self._prune()
         return Checkpoint(step, final)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from medminds_hpc import fileio
+from medminds_hpc import artifacts, fileio
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.training.options import TrainOptions
 
@@ -196,24 +196,10 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             if acc is not None and (self.best is None or acc > self.best["accuracy"]):
                 self.best = {"accuracy": acc, "epoch": record["epoch"], "step": state.global_step}
                 if plan.save_best is not None and ctx.is_rank_zero:
-                    replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
+                    fileio.replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
                 ctx.record_best("accuracy", acc)
 
     return StageCallback()
-
-
-def replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
-    """Write a directory under a temporary name, then swap it in: readers see the old or the new, whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
@@ -259,7 +245,7 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     staging = ctx.checkpoints.root / ".trainer"
     shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
     args = training_arguments(plan.options, staging, plan.args_class, **plan.args_extra)
-    callback = _callback(ctx, plan, ctx.run_dir / "artifacts" / "best")
+    callback = _callback(ctx, plan, artifacts.path(ctx.run, artifacts.BEST))
     trainer_cls = resumable(plan.trainer_class or Trainer, ctx)
     trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
                           callbacks=[callback, *plan.callbacks], **plan.trainer_extra)

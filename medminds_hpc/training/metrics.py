@@ -4,7 +4,7 @@ Pure numpy/pandas (no torch), so `medminds report` and tests can import it cheap
 
     m = evaluate_predictions(ids, gold, probs, subjects=subjects, choice_types=choice_types)
     write_predictions(run_dir / "predictions.parquet", ids, subjects, gold, probs)
-    write_metrics(run_dir, m, train_seconds=..., eval_seconds=...)
+    results.write(run, m, train_seconds=..., eval_seconds=...)      # metrics.json (medminds_hpc/results.py)
 
 Conventions: options are 0-3 (A-D); gold = -1 marks an unlabelled row (MedMCQA test), which is predicted and
 written but excluded from every accuracy figure (counted as n_unlabelled). The prediction is the argmax of the four
@@ -30,9 +30,6 @@ NUM_CHOICES = 4
 UNLABELLED = -1
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 PREDICTIONS_FILE = "predictions.parquet"
-METRICS_FILE = "metrics.json"
-PREDICTION_COLUMNS = ("id", "subject", "gold", "predicted", "prob_a", "prob_b", "prob_c", "prob_d")
-REQUIRED_METRICS = ("accuracy", "accuracy_ci95", "n", "confusion_matrix", "per_subject")
 
 
 def wilson_interval(correct: int, n: int, z: float = Z_95) -> list[float] | None:
@@ -225,32 +222,3 @@ def read_predictions(path: str | os.PathLike) -> Any:
     if path.is_dir():
         path = path / PREDICTIONS_FILE
     return pd.read_parquet(path)
-
-
-def _jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays -> Python, so json never falls back to str() for a number."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def write_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any], train_seconds: float, eval_seconds: float) -> Path:
-    """Write run_dir/metrics.json atomically: the evaluate_predictions dict (plus anything the stage adds) and the
-    wall-clock seconds spent training and evaluating, which `medminds report` turns into GPU-hours."""
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        raise ValueError(f"metrics lacks {missing}: pass the dict evaluate_predictions returned (extra keys are fine)")
-    record = {**_jsonable(metrics), "train_seconds": float(train_seconds), "eval_seconds": float(eval_seconds)}
-    path = Path(run_dir) / METRICS_FILE
-    fileio.atomic_write_json(path, record)
-    return path
