@@ -104,4 +104,4 @@ def test_reachable_through_submit(jobs_dir):
     assert run.data["results"]["0"]["n"] == 500
     metrics = run.metrics()
     assert metrics["n"] == 500 and metrics["model"] == "tiny"
-    assert isinstance(pd.read_parquet(run.dir / "predictions.parquet"), pd.DataFrame)
+    assert pd.read_parquet(run.dir / "predictions.parquet")["id"].nunique() == 500

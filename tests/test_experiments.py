@@ -20,7 +20,7 @@ def test_every_shipped_experiment_parses_and_resolves(name):
     exp = experiments.load(name)
     for size in ("micro", "mini", "mega"):
         r = experiments.resolve(exp, size)
-        assert r.config is not None
+        assert isinstance(r.config, exp.stage_info.config_class()) and r.dataset == size
 
 
 def test_paper_hyperparameters():
