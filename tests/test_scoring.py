@@ -35,6 +35,7 @@ def mixed_rows() -> list[dict]:
     return [long, middle, short]
 
 
+@pytest.mark.slow
 def test_one_pass_equals_four_sequence_loglik_on_real_medmcqa():
     require_shared_data(MISTRAL_TOKENIZER)
     rows = real_medmcqa_rows(REAL_QUESTIONS)
