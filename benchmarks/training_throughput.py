@@ -31,7 +31,7 @@ def measure(name: str, steps: int, batch: int) -> dict:
     cfg = expert.Config(data="arc", batch_size=batch, max_steps=steps, learning_rate=2e-4, optimizer="adamw", warmup_steps=0,
                         checkpoint_every_steps=10_000, max_length=256)
     rows = synthetic.arc_rows(batch * steps, seed=0)
-    data = expert.training_rows(cfg, rows, tok)
+    data, _counts = expert.training_rows(cfg, rows, tok)
     tokens_per_row = sum(len(x) for x in data["input_ids"]) / len(data)
     stamps: list[float] = []
 

@@ -150,7 +150,7 @@ def small_expert(data: str = "arc", **kw: Any) -> Any:
     from medminds_hpc.stages import expert
 
     base = dict(data=data, epochs=2.0, batch_size=16, learning_rate=1e-2, warmup_steps=2, optimizer="adamw",
-                max_train_rows=480, holdout_rows=100, eval_rows=100, max_length=160, checkpoint_every_steps=10)
+                max_train_rows=480, holdout_rows=100, eval_rows=100, max_length=256, checkpoint_every_steps=10)
     base.update(kw)
     return expert.Config(**base)
 

@@ -14,7 +14,8 @@ from medminds_hpc.context import StopRequested
 from medminds_hpc.data import synthetic
 from medminds_hpc.modeling.heads import HEAD_FILE, INFO_FILE, load_classifier_state
 from medminds_hpc.modeling.loading import load_model
-from medminds_hpc.modeling.scoring import head_logits, letter_logprobs, to_probs
+from medminds_hpc.modeling.scoring import head_logits, letter_logprobs
+from medminds_hpc.training.metrics import softmax as to_probs
 from medminds_hpc.stages.baseline import ClassifierConfig, build_classifier, run_classifier
 from medminds_hpc.training.engine import TRAINABLE_FILE
 from medminds_hpc.training.metrics import REQUIRED_METRICS, read_predictions
@@ -64,8 +65,11 @@ def test_learns_the_synthetic_rule_and_saves_head_and_lora():
     fresh, tok = build_classifier("tiny", cfg)
     load_classifier_state(fresh, saved)
     fresh.eval()
-    np.testing.assert_allclose(to_probs(head_logits(fresh, tok, rows, batch_size=64)),
-                               read_predictions(ctx.run_dir)[PROBS].to_numpy(), atol=1e-6)
+    preds = read_predictions(ctx.run_dir)
+    logits = head_logits(fresh, tok, rows, batch_size=64)
+    np.testing.assert_allclose(to_probs(logits), preds[PROBS].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(logits, preds[["score_a", "score_b", "score_c", "score_d"]].to_numpy(), atol=1e-5)  # the raw head logits
+    assert set(preds["score_kind"]) == {"logit"}
 
 
 def _validation_rows() -> list[dict]:

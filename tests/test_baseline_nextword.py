@@ -41,6 +41,10 @@ def test_scores_validation_and_writes_predictions_and_metrics():
     assert len(preds) == 500 and preds["id"].is_unique
     np.testing.assert_allclose(preds[["prob_a", "prob_b", "prob_c", "prob_d"]].sum(axis=1), 1.0, atol=1e-9)
     assert (preds["predicted"] == preds[["prob_a", "prob_b", "prob_c", "prob_d"]].to_numpy().argmax(1)).all()
+    raw = preds[["score_a", "score_b", "score_c", "score_d"]].to_numpy()  # log P(" A".." D") over the whole vocabulary
+    assert set(preds["score_kind"]) == {"logprob"}
+    np.testing.assert_allclose(np.exp(raw).sum(axis=1).mean(), metrics["letter_mass_mean"], rtol=1e-9)
+    np.testing.assert_allclose(np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True), preds[["prob_a", "prob_b", "prob_c", "prob_d"]], atol=1e-12)
     ctx.flush_progress()
     assert runs.get(ctx.run.id).data["progress"]["0"]["step"] == 500  # questions scored, for `medminds status`
 

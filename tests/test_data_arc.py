@@ -28,6 +28,7 @@ def test_real_file_trims_5_option_items_and_drops_3_option_items():
     assert len(ds) == 1172 - 4
     assert data.report["dropped"] == {FEWER: 4}
     assert data.report["trimmed_to_4"] == 3
+    assert data.report["parts"] == {"ARC-Challenge": {"test": {"read": 1172, "kept": 1168, "trimmed_to_4": 3, "fewer_than_4": 4, "invalid": 0}}}
     assert set(ds["subject"]) == {"arc"} and set(ds["choice_type"]) == {"single"}
     by_id = {r["id"]: r for r in raw}
     for row in ds:
@@ -100,3 +101,90 @@ def test_synthetic_arc():
     ds = load_arc("synthetic", synthetic_rows=40)["train"]
     assert len(ds) == 40 and set(ds["subject"]) == {"arc"}
     assert sorted(ds["answer"]) == sorted([0, 1, 2, 3] * 10)
+
+
+def hub_item(id_: str, n: int, answer: str) -> dict:
+    labels = "ABCDE"[:n]
+    return {"id": id_, "question": f"{id_}?", "choices": {"text": [f"{id_} {lab}" for lab in labels], "label": list(labels)}, "answerKey": answer}
+
+
+def release_item(id_: str, n: int, answer: str) -> dict:
+    choices = [{"text": f"{id_} {lab}", "label": lab} for lab in "1234"[:n]]
+    return {"id": id_, "question": {"stem": f"{id_}?", "choices": choices}, "answerKey": answer}
+
+
+def arc_folder(root) -> dict[str, list[dict]]:
+    """Several small ARC files the way they come: the Hub's parquet per config and split, the original release's
+    JSON lines (with the same questions as .csv beside them) and the shared folder's JSON lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hub = root / "arc" / "ARC-Challenge"
+    hub.mkdir(parents=True)
+    parts = {
+        "ARC-Challenge/train": [hub_item(f"c-tr-{i}", 4, "ABCD"[i % 4]) for i in range(5)] + [hub_item("c-tr-5", 5, "E")],
+        "ARC-Challenge/validation": [hub_item(f"c-va-{i}", 4, "B") for i in range(3)] + [hub_item("c-va-3", 3, "A")],
+        "ARC-Challenge/test": [hub_item(f"c-te-{i}", 4, "C") for i in range(4)],
+    }
+    for key, items in parts.items():
+        pq.write_table(pa.Table.from_pylist(items), hub / f"{key.split('/')[1]}-00000-of-00001.parquet")
+    release = root / "arc" / "ARC-V1-Feb2018" / "ARC-Easy"
+    release.mkdir(parents=True)
+    parts["ARC-Easy/train"] = [release_item(f"e-tr-{i}", 4, "1234"[i % 4]) for i in range(6)]
+    parts["ARC-Easy/validation"] = [release_item(f"e-va-{i}", 4, "2") for i in range(2)]
+    write_jsonl(release / "ARC-Easy-Train.jsonl", parts["ARC-Easy/train"])
+    (release / "ARC-Easy-Train.csv").write_text("questionID,originalQuestionID\nnot,read\n")  # same questions, other format
+    write_jsonl(release / "ARC-Easy-Dev.jsonl", parts["ARC-Easy/validation"])
+    parts["ARC-Easy/test"] = [local_item(f"e-te-{i}", 4, "D") for i in range(3)] + [local_item("e-te-3", 5, "A")]
+    write_jsonl(root / "arc" / "arc_easy_test.jsonl", parts["ARC-Easy/test"])
+    return parts
+
+
+def test_a_local_folder_gives_every_config_and_split(tmp_path):
+    parts = arc_folder(tmp_path)
+    data = load_arc(tmp_path)
+    ds, report = data["train"], data.report
+    counted = {config: {split: c["kept"] for split, c in by_split.items()} for config, by_split in report["parts"].items()}
+    assert counted == {"ARC-Challenge": {"train": 6, "validation": 3, "test": 4}, "ARC-Easy": {"train": 6, "validation": 2, "test": 4}}
+    assert report["parts"]["ARC-Challenge"]["validation"] == {"read": 4, "kept": 3, "trimmed_to_4": 0, "fewer_than_4": 1, "invalid": 0}
+    assert report["parts"]["ARC-Challenge"]["train"]["trimmed_to_4"] == 1 and report["parts"]["ARC-Easy"]["test"]["trimmed_to_4"] == 1
+    assert report["trimmed_to_4"] == 2 and report["dropped"] == {FEWER: 1}
+    assert len(ds) == sum(len(items) for items in parts.values()) - 1 == 25
+    assert any("ignored ARC-Easy-Train.csv" in n for n in report["notes"])
+    assert all(len(o) == 4 for o in ds["options"]) and set(ds["subject"]) == {"arc"}
+    by_id = dict(zip(ds["id"], ds["answer"]))
+    assert by_id["c-tr-5"] == 3 and by_id["e-tr-2"] == 2 and by_id["e-te-3"] == 0  # "E" trimmed into place, "3" -> C
+
+
+def test_prepare_takes_all_of_arc_from_a_local_folder(tmp_path):
+    from medminds_hpc.data.card import arc_parts
+    from medminds_hpc.data.prepare import load_prepared, prepare
+    from medminds_hpc.data.synthetic import medmcqa_rows
+
+    arc_folder(tmp_path)
+    (tmp_path / "medmcqa").mkdir()
+    write_jsonl(tmp_path / "medmcqa" / "train.jsonl", medmcqa_rows(40))
+    card = prepare("micro", source=str(tmp_path), say=lambda _m: None)
+    assert card["splits"]["arc_train"]["rows"] == len(load_prepared("micro", "arc_train")) == 25
+    assert arc_parts(card["arc"]) == ("ARC-Challenge train 6, validation 3, test 4; ARC-Easy train 6, validation 2, test 4")
+    arc_inputs = [i["path"] for i in card["inputs"] if i["path"].startswith(str((tmp_path / "arc").resolve()))]
+    assert len(arc_inputs) == 6 and not any(p.endswith(".csv") for p in arc_inputs)  # the ignored .csv is no input
+
+
+def test_the_hub_path_reads_every_split_of_both_configs(monkeypatch):
+    """What load_arc asks the Hub for (the Hub itself is out of reach here; the local tests above read real files)."""
+    from medminds_hpc.data import readers
+    from medminds_hpc.data.readers import Record
+
+    asked = []
+
+    def hub_records(repo, split, config=None, revision=None):
+        asked.append((config, split))
+        items = [hub_item(f"{config}-{split}-{i}", 4, "A") for i in range(2)]
+        label = f"hub:{repo}/{config}[{split}]"
+        return iter(Record(label, i, "row", d, split) for i, d in enumerate(items, 1)), {"path": label, "rows": 2}
+
+    monkeypatch.setattr(readers, "hub_records", hub_records)
+    data = load_arc("hub")
+    assert asked == [(c, s) for c in ("ARC-Challenge", "ARC-Easy") for s in ("train", "validation", "test")]
+    assert len(data["train"]) == 12 and {s: c["kept"] for s, c in data.report["parts"]["ARC-Easy"].items()} == {"train": 2, "validation": 2, "test": 2}

@@ -67,22 +67,91 @@ def test_unknown_source_name():
         load_instruct("hub", sources=("pubmed",))
 
 
-def test_synthetic_instruct_and_completion_labels():
+@pytest.fixture(scope="module")
+def mistral():
+    if not MISTRAL_TOKENIZER.exists():
+        pytest.skip(f"real Mistral tokenizer absent ({MISTRAL_TOKENIZER}); it ships with CI's ../shared/data")
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(str(MISTRAL_TOKENIZER))
+
+
+def test_synthetic_instruct_and_completion_labels(mistral):
+    tok = mistral
     ds = load_instruct("synthetic", synthetic_rows=10)["train"]
     assert len(ds) == 10 and set(ds["source"]) == {"synthetic"}
-    tok_dir = MISTRAL_TOKENIZER
-    if not tok_dir.exists():
-        pytest.skip(f"real Mistral tokenizer absent ({tok_dir})")
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
     prompt, completion = prompts.instruct_parts(ds[0])
     enc = prompts.encode_completion(tok, prompt, completion, max_length=256)
-    ids, labels = enc["input_ids"], enc["labels"]
-    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    ids, labels = enc.input_ids, enc.labels
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and not enc.answer_cut
     first = next(i for i, lab in enumerate(labels) if lab != prompts.IGNORE_INDEX)
     assert tok.decode(ids[1:first]) == prompt
     assert tok.decode(ids[first:-1]).strip() == ds[0]["output"]
-    short = prompts.encode_completion(tok, prompt, completion, max_length=16)
-    assert len(short["input_ids"]) == 16 and short["input_ids"][0] == tok.bos_token_id
-    assert short["labels"][-1] == tok.eos_token_id  # the completion survives, the prompt was cut from the left
+    assert enc.features() == {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def test_long_answer_is_cut_from_the_right_and_the_prompt_kept(mistral):
+    tok = mistral
+    row = {"instruction": MEDICAL_INSTRUCTION, "input": "What causes gout?", "output": "Uric acid crystals. " * 40}
+    prompt, completion = prompts.instruct_parts(row)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tok(prompt + completion, add_special_tokens=False)["input_ids"][len(prompt_ids):]
+    length = 1 + len(prompt_ids) + 10
+    short = prompts.encode_completion(tok, prompt, completion, max_length=length)
+    assert len(short.input_ids) == length and short.answer_cut
+    assert short.input_ids == [tok.bos_token_id] + prompt_ids + answer_ids[:10]  # the question whole, the answer's start
+    assert short.labels == [prompts.IGNORE_INDEX] * (1 + len(prompt_ids)) + answer_ids[:10]
+    assert tok.eos_token_id not in short.input_ids  # a cut answer does not teach the model to stop there
+    # the prompt alone fills max_length, or leaves fewer than MIN_ANSWER_TOKENS answer tokens + EOS: the row is dropped
+    assert prompts.encode_completion(tok, prompt, completion, max_length=16) is None
+    room = 1 + len(prompt_ids) + prompts.MIN_ANSWER_TOKENS + 1
+    assert prompts.encode_completion(tok, prompt, completion, max_length=room - 1) is None
+    assert prompts.encode_completion(tok, prompt, completion, max_length=room).answer_cut
+    # a short answer needs room for itself and EOS only
+    letter = prompts.encode_completion(tok, prompt, " B", max_length=1 + len(prompt_ids) + 2)
+    assert letter is not None and letter.input_ids[-1] == tok.eos_token_id and not letter.answer_cut
+
+
+REAL_INSTRUCT = {"medical_instruct": JSONL, "medquad": MEDQUAD}
+
+
+def question_kept_counts(tok, path, max_length: int, limit: int | None = None) -> dict[str, int]:
+    """Encode every row of a real file; assert each kept example holds its whole prompt; count what was cut."""
+    rows = load_instruct(path, show_progress=False)["train"].to_list()[:limit]
+    counts = {"rows": len(rows), "dropped": 0, "answer_cut": 0, "without_question": 0}
+    for row in rows:
+        prompt, completion = prompts.instruct_parts(row)
+        ex = prompts.encode_completion(tok, prompt, completion, max_length=max_length)
+        if ex is None:
+            counts["dropped"] += 1
+            continue
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert len(ex.input_ids) <= max_length
+        counts["without_question"] += ex.input_ids[1:1 + len(prompt_ids)] != prompt_ids
+        counts["answer_cut"] += ex.answer_cut
+    return counts
+
+
+@needs_data
+@pytest.mark.parametrize("name", list(REAL_INSTRUCT))
+def test_real_examples_keep_their_question(mistral, name):
+    """The first 200 rows (where cutting from the left lost the whole question in 26-52% of rows)."""
+    counts = question_kept_counts(mistral, REAL_INSTRUCT[name], max_length=256, limit=200)
+    assert counts["without_question"] == 0 and counts["dropped"] == 0, counts
+    assert counts["answer_cut"] > 20, counts  # long answers exist in both: the cut is on them
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("name,max_length,expected", [
+    ("medical_instruct", 256, {"rows": 2000, "dropped": 0, "answer_cut": 647, "without_question": 0}),
+    ("medquad", 256, {"rows": 5000, "dropped": 0, "answer_cut": 2963, "without_question": 0}),
+    ("medical_instruct", 64, None),
+])
+def test_every_real_row_keeps_its_question(mistral, name, max_length, expected):
+    counts = question_kept_counts(mistral, REAL_INSTRUCT[name], max_length=max_length)
+    print(name, max_length, counts)
+    if expected is not None:
+        assert counts == expected
+    else:  # the few questions too long for 64 tokens are dropped, never trained without their question
+        assert counts["without_question"] == 0 and 0 < counts["dropped"] < 0.05 * counts["rows"], counts

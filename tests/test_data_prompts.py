@@ -24,11 +24,23 @@ ROW = {"id": "x", "question": "Drug of choice for absence seizures?", "options":
        "answer": 1, "subject": "Pharmacology", "topic": "", "choice_type": "single"}
 
 
+PAPER_FIGURE_3 = """Question: Drug of choice for absence seizures?
+
+Options:
+
+(A) Phenytoin
+(B) Ethosuximide
+(C) Carbamazepine
+(D) Lamotrigine
+
+[INST] Solve this Multiple Choice Question and provide the correct option out of four options (A,B,C,D) as the answer. [/INST]
+
+Answer:"""
+
+
 def test_templates():
     paper = prompts.mcq_prompt(ROW, "paper")
-    assert paper == ("Drug of choice for absence seizures?\nA. Phenytoin\nB. Ethosuximide\nC. Carbamazepine\nD. Lamotrigine\n"
-                     "[INST] Solve this Multiple Choice Question and provide the correct option out of four options (A,B,C,D) "
-                     "as the answer. [/INST]\nAnswer:")
+    assert paper == PAPER_FIGURE_3  # the paper's Figure 3, without its trailing </s>
     assert prompts.mcq_prompt(ROW, "harness") == (
         "Question: Drug of choice for absence seizures?\nChoices:\nA. Phenytoin\nB. Ethosuximide\nC. Carbamazepine\nD. Lamotrigine\nAnswer:")
     assert prompts.mcq_parts(ROW) == (paper, " B")
@@ -75,7 +87,7 @@ def test_long_prompts_are_cut_from_the_left(tok):
     batch = prompts.encode_prompts(tok, [prompts.mcq_prompt(long_row)], max_length=64)
     ids = batch["input_ids"][0].tolist()
     assert len(ids) == 64 and ids[0] == tok.bos_token_id
-    assert tok.decode(ids[1:]).endswith("[/INST]\nAnswer:")
+    assert tok.decode(ids[1:]).endswith("[/INST]\n\nAnswer:")
 
 
 def test_multi_token_letters_are_refused():

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from medminds_hpc.training.metrics import (
+    PROB_COLUMNS,
+    SCORE_COLUMNS,
     evaluate_predictions,
     read_predictions,
     wilson_interval,
@@ -135,6 +137,40 @@ def test_predictions_parquet_round_trips_atomically(tmp_path):
     df2 = read_predictions(run)
     assert path2 == run / "predictions.parquet" and df2["gold"].tolist() == [-1, 2] and df2["subject"].isna().all()
     assert df2["choice_type"].tolist() == ["single", "multi"]
+
+
+@pytest.mark.parametrize("kind", ["logprob", "logit"])
+def test_predictions_keep_the_raw_scores(tmp_path, kind):
+    # letter log-probabilities over a whole vocabulary put little mass on the letters: the 4-way probs hide that
+    raw = np.log(one_hot(PRED) * 0.02) if kind == "logprob" else np.array(
+        [[2.0, -1.0, 0.5, 0.0], [0.1, 3.0, -2.0, 1.0], [0.0, 0.0, 9.0, 1.0], [1.5, 1.0, 1.2, 1.4], [-5.0, -4.0, -6.0, -7.0], [0.0, 2.0, 1.0, 1.9]])
+    path = write_predictions(tmp_path, [f"q{i}" for i in range(6)], SUBJECTS, GOLD, scores=raw, score_kind=kind)
+    df = read_predictions(path)
+    assert list(df.columns[-5:]) == [*SCORE_COLUMNS, "score_kind"] and set(df["score_kind"]) == {kind}
+    np.testing.assert_array_equal(df[list(SCORE_COLUMNS)].to_numpy(), raw)  # the evidence, exactly
+    scores = df[list(SCORE_COLUMNS)].to_numpy()
+    softmax = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(df[list(PROB_COLUMNS)].to_numpy(), softmax, rtol=0, atol=1e-12)
+    assert df["predicted"].tolist() == raw.argmax(1).tolist()
+    if kind == "logprob":
+        np.testing.assert_allclose(np.exp(scores).sum(axis=1), 0.02)  # the mass on the four letters survives
+
+
+def test_raw_scores_must_be_consistent_and_named(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = np.log(one_hot(PRED))
+    with pytest.raises(ValueError, match="score_kind=None; valid: logprob, logit"):
+        write_predictions(run, range(6), SUBJECTS, GOLD, scores=raw)
+    with pytest.raises(ValueError, match="not the softmax of scores"):
+        write_predictions(run, range(6), SUBJECTS, GOLD, one_hot(GOLD), scores=raw, score_kind="logprob")
+    with pytest.raises(ValueError, match="scores has shape"):
+        write_predictions(run, range(6), SUBJECTS, GOLD, scores=raw[:, :3], score_kind="logit")
+    with pytest.raises(ValueError, match="pass the raw scores"):
+        write_predictions(run, range(6), SUBJECTS, GOLD)
+    assert not list(run.iterdir())  # nothing half-written
+    path = write_predictions(run, range(6), SUBJECTS, GOLD, one_hot(PRED), scores=raw, score_kind="logprob")
+    np.testing.assert_allclose(read_predictions(path)[list(PROB_COLUMNS)].to_numpy(), one_hot(PRED), atol=1e-12)
 
 
 def test_metrics_module_does_not_import_torch():

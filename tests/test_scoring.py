@@ -10,7 +10,8 @@ import torch
 from medminds_hpc.data import prompts, synthetic
 from medminds_hpc.modeling.heads import last_real_index
 from medminds_hpc.modeling.loading import load_model
-from medminds_hpc.modeling.scoring import letter_logprobs, logits_at, loglik_letter_logprobs, score_prompts, to_probs
+from medminds_hpc.modeling.scoring import letter_logprobs, logits_at, loglik_letter_logprobs, score_prompts
+from medminds_hpc.training.metrics import softmax as to_probs
 from tests.helpers import MISTRAL_TOKENIZER
 from tests.helpers import real_medmcqa_rows, require_shared_data
 
@@ -35,6 +36,7 @@ def mixed_rows() -> list[dict]:
     return [long, middle, short]
 
 
+@pytest.mark.slow
 def test_one_pass_equals_four_sequence_loglik_on_real_medmcqa():
     require_shared_data(MISTRAL_TOKENIZER)
     rows = real_medmcqa_rows(REAL_QUESTIONS)

@@ -17,6 +17,13 @@ def _dropped(section: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def arc_parts(section: dict[str, Any] | None) -> str:
+    """ "ARC-Challenge train 1,119, validation 299, test 1,172; ARC-Easy ...": questions kept per config and split."""
+    parts = (section or {}).get("parts", {})
+    return "; ".join(f"{config} " + ", ".join(f"{split} {counts['kept']:,}" for split, counts in by_split.items())
+                     for config, by_split in parts.items())
+
+
 def card_table(card: dict[str, Any]) -> "Table":
     """One row per output: rows kept (and asked), label balance A/B/C/D, subjects or sources, rows dropped and why."""
     from rich.markup import escape
@@ -50,6 +57,8 @@ def card_table(card: dict[str, Any]) -> "Table":
     lines = []
     for label, convention in card.get("medmcqa", {}).get("conventions", {}).items():
         lines.append(escape(f"MedMCQA cop convention of {label}: {convention}"))
+    if arc_parts(card.get("arc")):
+        lines.append(escape(f"ARC questions kept: {arc_parts(card.get('arc'))}"))
     lines += [f"[yellow]warning:[/] {escape(w)}" for w in card.get("warnings", [])]
     lines += [escape(f"note: {n}") for n in card.get("notes", [])]
     if lines:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import datasets
 
 CARD = "card.json"
-CARD_FORMAT = 1
+CARD_FORMAT = 2  # 2: all of ARC (every config and split), counted per part
 OUTPUTS: dict[str, str] = {
     "medmcqa_train": "medmcqa_train.parquet",
     "medmcqa_validation": "medmcqa_validation.parquet",
@@ -85,7 +85,7 @@ def _local_plan(root: Path, instruct_sources: Sequence[str]) -> dict[str, list[P
     if root.is_file() or readers.is_saved_dataset(root):
         return {"medmcqa": [root], "arc": [], "instruct": []}
     plan = {"medmcqa": readers.resolve_local(root, "medmcqa"),
-            "arc": readers.data_inputs(root / "arc"),
+            "arc": arc.local_inputs(root / "arc")[0] if (root / "arc").is_dir() else [],  # the loader notes copies ignored
             "instruct": []}
     for name in instruct_sources:
         plan["instruct"] += instruct.local_inputs(root, name)[0]  # the loader notes which copy it read
@@ -282,8 +282,8 @@ def _build(spec: splits.SizeSpec, kind: str, source: str, plan: dict[str, list[P
         warnings.append(f"ARC: no arc/ folder in {source}: arc_train.parquet not written (the task expert needs it)")
     else:
         say("reading ARC")
-        loaded = arc.load_arc(plan["arc"] if kind == "local" else kind, seed=seed, bad_rows=bad_rows,
-                              synthetic_rows=spec.arc or 3_370, show_progress=show_progress)
+        loaded = arc.load_arc(Path(source) / "arc" if kind == "local" else kind, seed=seed, bad_rows=bad_rows,
+                              synthetic_rows=spec.arc or arc.PAPER_QUESTIONS, show_progress=show_progress)
         card["arc"] = loaded.report
         notes += [f"ARC: {n}" for n in loaded.report["notes"]]
         pool = loaded["train"]

@@ -1,14 +1,15 @@
 """Prompt templates and the tokenisation every stage uses to find the answer position.
 
 Multiple choice (a canonical MCQ row), chosen by name:
-  paper    the question, options A-D, then "[INST] Solve this Multiple Choice Question ... [/INST]" and "Answer:"
+  paper    the paper's Figure 3: "Question: ...", "Options:", "(A) ..".."(D) ..", the [INST] instruction, "Answer:"
   harness  lm-evaluation-harness medmcqa: "Question: ...\\nChoices:\\nA. ...\\nAnswer:"
 The answer is the continuation " A".." D" (leading space): one token each for Llama/Mistral tokenizers
 (" A"=330, " B"=365, " C"=334, " D"=384 for Mistral), read at the LAST REAL token of the prompt.
 
 Instruct SFT: "<s>[INST] {instruction} This is the question: {input} [/INST] {output}</s>", built from the columns
 as (prompt, completion) so the loss can be put on the completion only; <s> and </s> are the tokenizer's BOS/EOS ids,
-never text.
+never text. An over-long example keeps its whole prompt and loses the end of its answer (as trl's SFTTrainer
+truncates); one whose prompt alone leaves no room for a few answer tokens is dropped by the caller.
 
     from medminds_hpc.data import prompts
     batch = prompts.encode_prompts(tok, [prompts.mcq_prompt(r) for r in rows], max_length=256, padding_side="left")
@@ -17,6 +18,7 @@ never text.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from medminds_hpc.data.schema import LETTERS, NUM_OPTIONS
@@ -29,7 +31,9 @@ Template = Literal["paper", "harness"]
 TEMPLATES: tuple[str, ...] = ("paper", "harness")
 PAPER_INSTRUCTION = ("[INST] Solve this Multiple Choice Question and provide the correct option out of four options "
                      "(A,B,C,D) as the answer. [/INST]")
+OPTION_MARKS: dict[str, str] = {"paper": "({}) {}", "harness": "{}. {}"}  # "(A) text" vs "A. text"
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
+MIN_ANSWER_TOKENS = 8  # an SFT example must have room for this many answer tokens (or the whole answer) + EOS
 
 
 def check_template(name: str) -> Template:
@@ -38,18 +42,19 @@ def check_template(name: str) -> Template:
     return name  # type: ignore[return-value]
 
 
-def _options(row: Mapping[str, Any]) -> str:
+def _options(row: Mapping[str, Any], template: Template) -> str:
     options = row["options"]
     if len(options) != NUM_OPTIONS:
         raise ValueError(f"row {row.get('id')!r} has {len(options)} options, expected {NUM_OPTIONS}")
-    return "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options))
+    return "\n".join(OPTION_MARKS[template].format(letter, text) for letter, text in zip(LETTERS, options))
 
 
 def mcq_prompt(row: Mapping[str, Any], template: str = "paper") -> str:
     """The prompt for one canonical MCQ row, ending in "Answer:" (no trailing space: the letter brings it)."""
     if check_template(template) == "paper":
-        return f"{row['question']}\n{_options(row)}\n{PAPER_INSTRUCTION}\nAnswer:"
-    return f"Question: {row['question']}\nChoices:\n{_options(row)}\nAnswer:"
+        return (f"Question: {row['question']}\n\nOptions:\n\n{_options(row, 'paper')}\n\n"
+                f"{PAPER_INSTRUCTION}\n\nAnswer:")
+    return f"Question: {row['question']}\nChoices:\n{_options(row, 'harness')}\nAnswer:"
 
 
 def answer_text(answer: int) -> str:
@@ -144,31 +149,47 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], max_length: int = 256, 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "last_index": last_index}
 
 
-def encode_completion(tokenizer: Any, prompt: str, completion: str, max_length: int = 256,
-                      add_eos: bool = True) -> dict[str, list[int]]:
-    """One SFT example: BOS + prompt + completion (+ EOS) with labels = IGNORE_INDEX on BOS and the prompt.
+@dataclass(frozen=True)
+class SFTExample:
+    """One tokenised SFT example; `answer_cut` when max_length took the end of its answer (and its EOS)."""
 
-    The prompt/completion boundary comes from character offsets (fast tokenizers), so a token is never split.
-    Too long: the prompt is cut from the left first, then the completion from the right.
-    """
-    text = prompt + completion
+    input_ids: list[int]
+    labels: list[int]
+    answer_cut: bool = False
+
+    def features(self) -> dict[str, list[int]]:
+        """The columns a Trainer reads: input_ids, attention_mask, labels."""
+        return {"input_ids": self.input_ids, "attention_mask": [1] * len(self.input_ids), "labels": self.labels}
+
+
+def _split_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt and completion, split where the text splits (offsets on a fast tokenizer: no token is
+    cut in two)."""
     if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         n_prompt = sum(1 for start, _end in enc["offset_mapping"] if start < len(prompt))
-    else:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        ids, n_prompt = list(p) + list(c), len(p)
-    prompt_ids, completion_ids = ids[:n_prompt], ids[n_prompt:]
-    if add_eos and tokenizer.eos_token_id is not None:
-        completion_ids = completion_ids + [int(tokenizer.eos_token_id)]
+        return ids[:n_prompt], ids[n_prompt:]
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return list(p), list(c)
+
+
+def encode_completion(tokenizer: Any, prompt: str, completion: str, max_length: int = 256,
+                      add_eos: bool = True, min_answer_tokens: int = MIN_ANSWER_TOKENS) -> SFTExample | None:
+    """One SFT example: BOS + prompt + completion (+ EOS), labels = IGNORE_INDEX on BOS and the prompt.
+
+    The whole prompt is always kept: training on an answer without its question teaches nothing. Too long, the
+    completion is cut from the right (EOS goes with it: the model must not learn to stop mid-answer). None when the
+    prompt alone leaves no room for `min_answer_tokens` answer tokens (or the whole, shorter answer) plus EOS; the
+    caller drops and counts such rows.
+    """
+    prompt_ids, answer_ids = _split_ids(tokenizer, prompt, completion)
     head = [int(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
-    room = max_length - len(head) - len(completion_ids)
-    if room < 0:
-        completion_ids, prompt_ids = completion_ids[: max_length - len(head)], []
-    elif len(prompt_ids) > room:
-        prompt_ids = prompt_ids[len(prompt_ids) - room:]
-    input_ids = head + prompt_ids + completion_ids
-    labels = [IGNORE_INDEX] * (len(head) + len(prompt_ids)) + completion_ids
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    tail = [int(tokenizer.eos_token_id)] if add_eos and tokenizer.eos_token_id is not None else []
+    room = max_length - len(head) - len(prompt_ids)
+    if room < min(len(answer_ids), min_answer_tokens) + len(tail):
+        return None
+    cut = len(answer_ids) + len(tail) > room
+    completion_ids = answer_ids[:room] if cut else answer_ids + tail
+    return SFTExample(head + prompt_ids + completion_ids, [IGNORE_INDEX] * (len(head) + len(prompt_ids)) + completion_ids, cut)

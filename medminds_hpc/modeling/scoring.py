@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+
 Progress = Callable[[int, int], None]
 
 
@@ -137,10 +138,3 @@ def head_logits(classifier: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any
     out = score_prompts(score, tokenizer, texts, device=_model_device(classifier), batch_size=batch_size,
                         max_length=max_length, progress=progress)
     return out.reshape(len(texts), 4)
-
-
-def to_probs(logprobs: np.ndarray) -> np.ndarray:
-    """Renormalise letter log-probabilities (or logits) into a distribution over the four options."""
-    z = logprobs - logprobs.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)

@@ -99,9 +99,10 @@ def scoring_progress(ctx: "StageContext", stoppable: bool) -> Callable[[int, int
     return report
 
 
-def write_results(ctx: "StageContext", rows: list[dict[str, Any]], scores: Any, *, train_seconds: float,
+def write_results(ctx: "StageContext", rows: list[dict[str, Any]], scores: Any, score_kind: str, *, train_seconds: float,
                   eval_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """predictions.parquet + metrics.json for (N, 4) scores on `rows`; returns the metrics."""
+    """predictions.parquet (the raw (N, 4) `scores`, of `score_kind` "logprob" or "logit", and their softmax) +
+    metrics.json for `rows`; returns the metrics."""
     from medminds_hpc.training import metrics
 
     ids, subjects, gold = [r["id"] for r in rows], [r["subject"] for r in rows], [r["answer"] for r in rows]
@@ -109,7 +110,8 @@ def write_results(ctx: "StageContext", rows: list[dict[str, Any]], scores: Any, 
     result = metrics.evaluate_predictions(ids, gold, scores, subjects=subjects, choice_types=choice_types)
     result.update(extra)
     if ctx.is_rank_zero:
-        metrics.write_predictions(ctx.run_dir, ids, subjects, gold, scores, choice_types=choice_types)
+        metrics.write_predictions(ctx.run_dir, ids, subjects, gold, scores=scores, score_kind=score_kind,
+                                  choice_types=choice_types)
     ctx.write_metrics(result, train_seconds=train_seconds, eval_seconds=eval_seconds)
     return result
 
@@ -121,7 +123,7 @@ def run_nextword(ctx: "StageContext", cfg: NextWordConfig) -> dict[str, Any]:
 
     from medminds_hpc.modeling.adapters import attach_adapters
     from medminds_hpc.modeling.loading import load_model
-    from medminds_hpc.modeling.scoring import letter_logprobs, to_probs
+    from medminds_hpc.modeling.scoring import letter_logprobs
 
     rows = load_rows(ctx, "medmcqa_validation")
     expert = expert_adapter(ctx, cfg.adapter)
@@ -136,7 +138,7 @@ def run_nextword(ctx: "StageContext", cfg: NextWordConfig) -> dict[str, Any]:
              # how much of the next-word distribution falls on the four letters at all (low: the model wants to say something else)
              "letter_mass_mean": float(np.exp(logprobs).sum(axis=1).mean()) if len(rows) else None,
              "questions_per_second": len(rows) / eval_seconds if eval_seconds > 0 else None}
-    result = write_results(ctx, rows, to_probs(logprobs), train_seconds=0.0, eval_seconds=eval_seconds, extra=extra)
+    result = write_results(ctx, rows, logprobs, "logprob", train_seconds=0.0, eval_seconds=eval_seconds, extra=extra)
     return {"accuracy": result["accuracy"], "n": result["n"], "eval_seconds": round(eval_seconds, 3)}
 
 
@@ -214,7 +216,7 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
 
     from medminds_hpc.data.prompts import mcq_prompt
     from medminds_hpc.modeling.heads import load_classifier_state, save_classifier
-    from medminds_hpc.modeling.scoring import head_logits, to_probs
+    from medminds_hpc.modeling.scoring import head_logits
     from medminds_hpc.training import engine, metrics
 
     train_rows = load_rows(ctx, "medmcqa_train", cfg.max_train_rows)
@@ -258,6 +260,6 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
              "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
              "epochs": outcome.history, "best": outcome.best,
              "classifier": str(artifacts.path(ctx.run, artifacts.CLASSIFIER))}
-    result = write_results(ctx, val_rows, to_probs(logits), train_seconds=outcome.train_seconds,
+    result = write_results(ctx, val_rows, logits, "logit", train_seconds=outcome.train_seconds,
                            eval_seconds=eval_seconds, extra=extra)
     return {"accuracy": result["accuracy"], "n": result["n"], "steps": outcome.steps}

@@ -3,7 +3,9 @@
 The loss is on the answer tokens only (a letter for ARC, the answer text for instruct): loss on the prompt too is
 a known way to teach a model to always say "A". Each epoch is validated by next-word letter accuracy on MedMCQA
 validation; the adapter is saved as `artifacts/adapter` (safetensors, `PeftModel.from_pretrained`-loadable),
-which later stages find as `artifacts.path(run, artifacts.ADAPTER)`.
+which later stages find as `artifacts.path(run, artifacts.ADAPTER)`. An over-long example keeps its whole prompt
+and loses the end of its answer; a row whose prompt alone does not fit max_length is dropped; metrics.json counts
+both (`sft_examples`). A seeded sample of `holdout_rows` training rows measures the expert on its own task.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from medminds_hpc.errors import UserError
 from medminds_hpc.training.options import TrainOptions, doc
 
 
@@ -30,32 +33,59 @@ class Config(TrainOptions):
 
 
 
-def training_rows(cfg: Config, rows: list[dict[str, Any]], tokenizer: Any) -> Any:
-    """Tokenised SFT examples with labels on the answer only (or on everything with loss_on='all')."""
-    import datasets
+def split_holdout(rows: list[dict[str, Any]], n: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(holdout, train): `n` rows drawn by a seeded shuffle, so the held-out slice spans every source and split
+    (prepared rows come grouped by file: the last rows would all be one split); both keep the prepared order."""
+    import random
 
+    chosen = set(random.Random(f"holdout:{seed}").sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i in chosen], [r for i, r in enumerate(rows) if i not in chosen]
+
+
+def sft_example(cfg: Config, row: dict[str, Any], tokenizer: Any) -> Any:
+    """The tokenised example of one row (`prompts.SFTExample`), or None when its prompt leaves no room for an answer
+    within max_length."""
     from medminds_hpc.data import prompts
 
+    prompt, completion = prompts.mcq_parts(row, cfg.prompt) if cfg.data == "arc" else prompts.instruct_parts(row)
+    return prompts.encode_completion(tokenizer, prompt, completion, max_length=cfg.max_length)
+
+
+def training_rows(cfg: Config, rows: list[dict[str, Any]], tokenizer: Any) -> tuple[Any, dict[str, int]]:
+    """Tokenised SFT examples with labels on the answer only (or on everything with loss_on='all'), and counts:
+    rows whose prompt alone does not fit max_length are dropped, rows whose answer lost its end are counted."""
+    import datasets
+
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    counts = {"rows": len(rows), "kept": 0, "dropped_prompt_too_long": 0, "answer_cut": 0, "max_length": cfg.max_length}
     for row in rows:
-        prompt, completion = prompts.mcq_parts(row, cfg.prompt) if cfg.data == "arc" else prompts.instruct_parts(row)
-        ex = prompts.encode_completion(tokenizer, prompt, completion, max_length=cfg.max_length)
+        ex = sft_example(cfg, row, tokenizer)
+        if ex is None:
+            counts["dropped_prompt_too_long"] += 1
+            continue
+        counts["kept"] += 1
+        counts["answer_cut"] += int(ex.answer_cut)
+        features = ex.features()
         if cfg.loss_on == "all":
-            ex["labels"] = list(ex["input_ids"])
+            features["labels"] = list(features["input_ids"])
         for key in columns:
-            columns[key].append(ex[key])
-    return datasets.Dataset.from_dict(columns)
+            columns[key].append(features[key])
+    if rows and not counts["kept"]:
+        raise UserError(f"max_length={cfg.max_length}: none of the {len(rows):,} {cfg.data} rows fits, every prompt alone "
+                        f"leaves no room for an answer; raise it (e.g. -o max_length=256, the paper's)")
+    return datasets.Dataset.from_dict(columns), counts
 
 
 def validate(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: Config) -> tuple[dict[str, Any], Any]:
-    """Next-word letter accuracy (and the rest of the evaluation) on MedMCQA validation rows."""
-    from medminds_hpc.modeling.scoring import letter_logprobs, to_probs
+    """Next-word letter accuracy (and the rest of the evaluation) on MedMCQA validation rows, and the (N, 4) raw
+    letter log-probabilities it was computed from."""
+    from medminds_hpc.modeling.scoring import letter_logprobs
     from medminds_hpc.training.metrics import evaluate_predictions
 
-    probs = to_probs(letter_logprobs(model, tokenizer, rows, cfg.prompt, batch_size=cfg.eval_batch_size))
-    result = evaluate_predictions([r["id"] for r in rows], [r["answer"] for r in rows], probs,
+    logprobs = letter_logprobs(model, tokenizer, rows, cfg.prompt, batch_size=cfg.eval_batch_size)
+    result = evaluate_predictions([r["id"] for r in rows], [r["answer"] for r in rows], logprobs,
                                   subjects=[r["subject"] for r in rows], choice_types=[r["choice_type"] for r in rows])
-    return result, probs
+    return result, logprobs
 
 
 def own_task_accuracy(model: Any, tokenizer: Any, holdout: list[dict[str, Any]], cfg: Config) -> float:
@@ -77,9 +107,11 @@ def own_task_accuracy(model: Any, tokenizer: Any, holdout: list[dict[str, Any]],
     device = next(model.parameters()).device
     right = total = 0
     for row in holdout:
-        ex = prompts.encode_completion(tokenizer, *prompts.instruct_parts(row), max_length=cfg.max_length)
-        ids = torch.tensor([ex["input_ids"]], device=device)
-        labels = torch.tensor(ex["labels"][1:], device=device)
+        ex = sft_example(cfg, row, tokenizer)
+        if ex is None:  # its prompt alone fills max_length: not trainable, not measurable
+            continue
+        ids = torch.tensor([ex.input_ids], device=device)
+        labels = torch.tensor(ex.labels[1:], device=device)
         predicted = model(input_ids=ids).logits[0, :-1].argmax(-1)
         keep = labels != prompts.IGNORE_INDEX
         right += int((predicted[keep] == labels[keep]).sum())
@@ -103,8 +135,7 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
 
     source = "arc_train" if cfg.data == "arc" else "instruct_train"
     train_rows = load_prepared(ctx.dataset, source, ctx.data_dir()).to_list()
-    holdout_n = min(cfg.holdout_rows, len(train_rows) // 10)
-    holdout, train_rows = train_rows[len(train_rows) - holdout_n:], train_rows[: len(train_rows) - holdout_n]
+    holdout, train_rows = split_holdout(train_rows, min(cfg.holdout_rows, len(train_rows) // 10), cfg.seed)
     if cfg.max_train_rows:
         train_rows = train_rows[: cfg.max_train_rows]
     val_rows = load_prepared(ctx.dataset, "medmcqa_validation", ctx.data_dir()).to_list()
@@ -113,9 +144,13 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
 
     base, tokenizer = load_model(ctx.model)
     model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+    train_dataset, sft_counts = training_rows(cfg, train_rows, tokenizer)
+    print(f"SFT examples at max_length {cfg.max_length}: {sft_counts['kept']:,} of {sft_counts['rows']:,} rows kept, "
+          f"{sft_counts['dropped_prompt_too_long']:,} dropped (prompt alone too long), "
+          f"{sft_counts['answer_cut']:,} with the end of the answer cut", flush=True)
     plan = engine.TrainPlan(
         model=model,
-        train_dataset=training_rows(cfg, train_rows, tokenizer),
+        train_dataset=train_dataset,
         options=cfg,
         evaluate=lambda m: epoch_metrics(m, tokenizer, val_rows, holdout, cfg),
         save_best=lambda m, d: m.save_pretrained(str(d)),
@@ -130,13 +165,14 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     fileio.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
     started = time.time()
     model.eval()
-    result, probs = validate(model, tokenizer, val_rows, cfg)
+    result, logprobs = validate(model, tokenizer, val_rows, cfg)
     eval_seconds = time.time() - started
     metrics.write_predictions(ctx.run_dir, [r["id"] for r in val_rows], [r["subject"] for r in val_rows],
-                              [r["answer"] for r in val_rows], probs, choice_types=[r["choice_type"] for r in val_rows])
+                              [r["answer"] for r in val_rows], scores=logprobs, score_kind="logprob",
+                              choice_types=[r["choice_type"] for r in val_rows])
     result.update(steps=outcome.steps, train_rows=len(train_rows), best=outcome.best, epochs=outcome.history,
                   task_accuracy=own_task_accuracy(model, tokenizer, holdout, cfg), holdout_rows=len(holdout),
-                  adapter=str(adapter_dir))
+                  sft_examples=sft_counts, adapter=str(adapter_dir))
     ctx.write_metrics(result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
     fileio.atomic_write_json(artifacts.path(ctx.run, artifacts.EXPERT_INFO), {"data": cfg.data, "model": ctx.model, "adapter": artifacts.ADAPTER})
     return {"accuracy": result["accuracy"], "steps": outcome.steps}

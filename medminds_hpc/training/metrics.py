@@ -2,13 +2,16 @@
 
 Pure numpy/pandas (no torch), so `medminds report` and tests can import it cheaply. Every stage ends with
 
-    m = evaluate_predictions(ids, gold, probs, subjects=subjects, choice_types=choice_types)
-    write_predictions(run_dir / "predictions.parquet", ids, subjects, gold, probs)
+    m = evaluate_predictions(ids, gold, scores, subjects=subjects, choice_types=choice_types)
+    write_predictions(run_dir / "predictions.parquet", ids, subjects, gold, scores=scores, score_kind="logprob")
     results.write(run, m, train_seconds=..., eval_seconds=...)      # metrics.json (medminds_hpc/results.py)
 
 Conventions: options are 0-3 (A-D); gold = -1 marks an unlabelled row (MedMCQA test), which is predicted and
 written but excluded from every accuracy figure (counted as n_unlabelled). The prediction is the argmax of the four
-scores, so `probs` may be probabilities or logits.
+scores, so `probs` may be probabilities or logits. predictions.parquet keeps the raw scores (score_a..score_d and
+their `score_kind`: "logprob", log P(" A".." D") over the whole vocabulary, or "logit", a classifier head's output)
+beside prob_a..prob_d, their softmax over the four options: the renormalised probabilities alone lose how much
+probability a model put on the letters at all.
 
     python -c "from medminds_hpc.training.metrics import wilson_interval; print(wilson_interval(50, 100))"
 """
@@ -30,6 +33,9 @@ NUM_CHOICES = 4
 UNLABELLED = -1
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 PREDICTIONS_FILE = "predictions.parquet"
+PROB_COLUMNS = ("prob_a", "prob_b", "prob_c", "prob_d")
+SCORE_COLUMNS = ("score_a", "score_b", "score_c", "score_d")
+SCORE_KINDS = ("logprob", "logit")
 
 
 def wilson_interval(correct: int, n: int, z: float = Z_95) -> list[float] | None:
@@ -75,13 +81,13 @@ def _as_labels(gold: Any, n: int) -> np.ndarray:
     return arr
 
 
-def _as_probs(probs: Any) -> np.ndarray:
+def _as_probs(probs: Any, what: str = "probs") -> np.ndarray:
     arr = np.asarray(probs, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != NUM_CHOICES:
-        raise ValueError(f"probs has shape {arr.shape}, expected (N, {NUM_CHOICES}): one score per option A-D")
+        raise ValueError(f"{what} has shape {arr.shape}, expected (N, {NUM_CHOICES}): one score per option A-D")
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"probs has {bad} row(s) with NaN/inf scores: the model diverged or a batch was empty")
+        raise ValueError(f"{what} has {bad} row(s) with NaN/inf scores: the model diverged or a batch was empty")
     return arr
 
 
@@ -161,17 +167,46 @@ def evaluate_predictions(
     }
 
 
+def softmax(scores: Any) -> np.ndarray:
+    """Scores (N, 4) -> probabilities over the four options (letter log-probabilities renormalised, or a head's
+    logits through softmax)."""
+    z = np.asarray(scores, dtype=np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _probs_and_scores(probs: Any, scores: Any, score_kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probs, raw scores or None), checked: with raw scores, probs are their softmax (computed when not given)."""
+    if scores is None:
+        if probs is None:
+            raise ValueError("pass the raw scores (scores=..., score_kind=...) or the probabilities (probs=...)")
+        if score_kind is not None:
+            raise ValueError(f"score_kind={score_kind!r} without scores: pass the raw scores too")
+        return _as_probs(probs), None
+    if score_kind not in SCORE_KINDS:
+        raise ValueError(f"score_kind={score_kind!r}; valid: {', '.join(SCORE_KINDS)} (letter log-probabilities or head logits)")
+    raw = _as_probs(scores, "scores")
+    derived = softmax(raw)
+    if probs is not None and not np.allclose(_as_probs(probs), derived, rtol=0, atol=1e-6):
+        raise ValueError("probs are not the softmax of scores: pass the raw scores alone (probs are derived from them)")
+    return derived, raw
+
+
 def predictions_frame(
     ids: Sequence[Any],
     subjects: Sequence[Any] | None,
     gold: Any,
-    probs: Any,
+    probs: Any = None,
     choice_types: Sequence[Any] | None = None,
+    *,
+    scores: Any = None,
+    score_kind: str | None = None,
 ) -> Any:
-    """The predictions table: id, subject, gold (-1 unlabelled), predicted, prob_a..prob_d [, choice_type]."""
+    """The predictions table: id, subject, gold (-1 unlabelled), predicted, prob_a..prob_d [, choice_type]
+    [, score_a..score_d, score_kind]. With `scores` (raw, of `score_kind`), prob_a..d are their softmax."""
     import pandas as pd
 
-    p = _as_probs(probs)
+    p, raw = _probs_and_scores(probs, scores, score_kind)
     n = p.shape[0]
     if len(ids) != n:
         raise ValueError(f"{len(ids)} ids for {n} rows of probs")
@@ -183,13 +218,17 @@ def predictions_frame(
             "subject": pd.Series([None if s is None else str(s) for s in subjects] if subjects is not None else [None] * n, dtype="string"),
             "gold": _as_labels(gold, n),
             "predicted": p.argmax(axis=1).astype(np.int64),
-            **{f"prob_{letter.lower()}": p[:, i] for i, letter in enumerate(LETTERS)},
+            **{column: p[:, i] for i, column in enumerate(PROB_COLUMNS)},
         }
     )
     if choice_types is not None:
         if len(choice_types) != n:
             raise ValueError(f"{len(choice_types)} choice_types for {n} rows of probs")
         frame["choice_type"] = pd.Series([None if c is None else str(c) for c in choice_types], dtype="string")
+    if raw is not None:
+        for i, column in enumerate(SCORE_COLUMNS):
+            frame[column] = raw[:, i]
+        frame["score_kind"] = pd.Series([score_kind] * n, dtype="string")
     return frame
 
 
@@ -198,16 +237,19 @@ def write_predictions(
     ids: Sequence[Any],
     subjects: Sequence[Any] | None,
     gold: Any,
-    probs: Any,
+    probs: Any = None,
     *,
     choice_types: Sequence[Any] | None = None,
+    scores: Any = None,
+    score_kind: str | None = None,
 ) -> Path:
     """Write predictions.parquet atomically (a reader sees the old file or the new one). `path` may be the file or
-    the run directory. Returns the file's path."""
+    the run directory. Pass the raw `scores` and their `score_kind` (the evidence; probs are derived), or `probs`
+    alone. Returns the file's path."""
     path = Path(path)
     if path.is_dir() or path.suffix != ".parquet":
         path = path / PREDICTIONS_FILE
-    frame = predictions_frame(ids, subjects, gold, probs, choice_types)
+    frame = predictions_frame(ids, subjects, gold, probs, choice_types, scores=scores, score_kind=score_kind)
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     fileio.atomic_write_bytes(path, buf.getvalue())
