@@ -191,9 +191,10 @@ def prepare(
             say(f"{target} is up to date (same inputs and options); nothing rewritten")
             return {**old, "up_to_date": True}
         started = time.monotonic()
+        built: dict[str, Any] = {}
 
         def build(tmp: Path) -> None:
-            card = _build(spec, kind, source, plan, method, seed, cop_base, bad_rows, names, show_progress, say, tmp)
+            card = built["card"] = _build(spec, kind, source, plan, method, seed, cop_base, bad_rows, names, show_progress, say, tmp)
             if kind == "local":
                 card["inputs"] = inputs
             else:
@@ -205,7 +206,7 @@ def prepare(
             _write_card(tmp / CARD, card)
 
         fileio.replace_dir(target, build)
-        card = _read_json(target / CARD)
+        card = built["card"]
     for w in card["warnings"]:
         say(f"warning: {w}")
     say(f"prepared {target}: " + ", ".join(f"{k} {v['rows']:,}" for k, v in card["files"].items()))
