@@ -47,6 +47,17 @@ def test_list_json_has_every_experiment():
     assert {"name", "stage", "needs"} <= set(rows[0])
 
 
+def test_dry_run_needs_no_slurm(medminds_home, tmp_path):
+    """sbatch and srun off PATH (a laptop): the profile's sbatch script is printed all the same."""
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    for executor in ([], ["--executor", "slurm"]):
+        p = run_cli("submit", "expert-task", "--dataset", "mega", "--dry-run", "--cluster", "unity", *executor, env={"PATH": str(no_slurm)})
+        assert p.returncode == 0, p.stderr
+        assert "#SBATCH --constraint=a100" in p.stdout and "#SBATCH --partition=gpu-preempt" in p.stdout and "srun" in p.stdout
+    assert not (medminds_home / "runs").exists()
+
+
 def test_unknown_experiment(medminds_home):
     assert_user_error(run_cli("submit", "expert-tsk", "-d", "micro", "--executor", "local"), "unknown experiment 'expert-tsk'", "expert-task", home=medminds_home)
 
