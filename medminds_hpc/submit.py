@@ -79,13 +79,8 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         exp = experiments.load(exp_name)
         needs = {n: visit(n, chain + (exp_name,), False).run_id for n in exp.needs}
         resolved = experiments.resolve(exp, opts.dataset, opts.model, routed.get(exp_name, []))
-        size_defaults = profile.sizes.get(opts.dataset)
-        layers = [
-            {k: v for k, v in vars(size_defaults).items() if v is not None} if size_defaults else {},
-            exp.resources.get(opts.dataset, {}),
-            resolved.resource_overrides,
-        ]
-        resources = profile.resolve(*layers, where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
+        resources = clusters.job_resources(profile, opts.dataset, exp.resources.get(opts.dataset, {}), resolved.resource_overrides,
+                                           where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
         run_id = runs.make_run_id(exp_name, opts.dataset, resolved.identity(needs))
         existing = runs.get(run_id)
         p = PlannedRun(resolved, resources, run_id, needs, existing, "new")
