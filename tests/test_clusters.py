@@ -212,3 +212,17 @@ def test_layers_apply_in_order_profile_then_experiment_then_overrides():
     dev = clusters.load_profile("dev")
     res = clusters.job_resources(dev, "mini", {"time": "02:00:00", "gpus": 2}, {"time": "03:00:00"})
     assert (res.gpu, res.gpus, res.time_min) == ("rtx8000", 2, 180)
+
+
+def test_list_and_submit_layer_resources_through_one_function(jobs_dir, monkeypatch):
+    from medminds_hpc import listing
+
+    write_job(jobs_dir, "count", counter_job(resources='[resources.micro]\nmin_gpu_memory_gb = 40\ntime = "00:20:00"'))
+    calls = []
+    real = clusters.job_resources
+    monkeypatch.setattr(clusters, "job_resources", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    profile = clusters.load_profile("dev")
+    (row,) = listing.overview(profile)
+    (planned,) = submit.plan("count", submit_options())
+    assert calls == ["micro", "mini", "mega", "micro"]
+    assert row["resources"]["micro"] == planned.resources.summary() == "1xrtx8000 gpu-preempt 00:20:00"
