@@ -43,38 +43,26 @@ def main() -> None:
 
 
 @app.command("list")
-def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def list_cmd(
+    experiment: Optional[str] = typer.Argument(None, help="one experiment: every parameter with its default and help, resources per size"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster profile for the resources (default: $MEDMINDS_CLUSTER or unity)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
     """Every experiment in jobs/: its stage, what it needs, and resources per dataset size."""
-    from medminds_hpc import clusters, experiments
+    import shutil
+
+    from medminds_hpc import clusters, listing
 
     try:
-        exps = experiments.load_all()
-        profile = clusters.load_profile(None)
+        profile = clusters.load_profile(cluster)
+        data = listing.detail(experiment, profile) if experiment else listing.overview(profile)
     except UserError as e:
         return fail(str(e))
-    rows = []
-    for exp in exps:
-        res = {}
-        for size in clusters.DATASET_SIZES:
-            layers = [{k: v for k, v in vars(profile.sizes[size]).items() if v is not None} if size in profile.sizes else {}, exp.resources.get(size, {})]
-            try:
-                res[size] = profile.resolve(*layers).summary()
-            except UserError as e:
-                res[size] = f"invalid: {e}"
-        rows.append({"name": exp.name, "stage": exp.stage, "needs": exp.needs, "implemented": exp.stage_info.implemented,
-                     "description": exp.description, "resources": res, "file": str(exp.path)})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(data, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title=f"experiments (resources on cluster profile '{profile.name}')")
-    for col in ("experiment", "stage", "needs", "micro", "mini", "mega"):
-        table.add_column(col)
-    for r in rows:
-        stage = r["stage"] if r["implemented"] else f"{r['stage']} (not yet)"
-        table.add_row(r["name"], stage, ", ".join(r["needs"]), *(r["resources"][s] for s in clusters.DATASET_SIZES))
-    console().print(table)
+    width = shutil.get_terminal_size().columns
+    print(listing.render_detail(data, width) if experiment else listing.render_overview(data, profile, width))
 
 
 @app.command()

@@ -1,7 +1,10 @@
 """Cluster profiles (slurm/*.toml): partitions, GPU types, and how a dataset size maps to job resources.
 
-An impossible request (unknown GPU type, more GPUs than a node has, a time beyond the partition's limit) is
-refused here, before anything reaches sbatch.
+Experiments are cluster-neutral: they say what a job needs (`time`, `gpus`, `min_gpu_memory_gb`, or
+`gpu = "none"` for a CPU job) and the profile turns that into its own GPU types and partitions, so one
+experiment runs on any cluster with a profile. `job_resources` is the one place where the layers meet.
+An impossible request (unknown GPU type, more GPUs than a node has, a time beyond the partition's limit,
+no GPU with enough memory) is refused here, before anything reaches sbatch.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class GpuType:
     gres: str = field(metadata={"help": "type name in --gres=gpu:TYPE:N"})
     per_node: int = field(default=1, metadata={"help": "GPUs of this type on one node"})
     constraint: str = field(default="", metadata={"help": "node feature for --constraint (default: gres name)"})
-    memory_gb: int = 0
+    memory_gb: int = field(default=0, metadata={"help": "memory of one GPU in GB (what min_gpu_memory_gb is compared with)"})
     cpus: int = field(default=4, metadata={"help": "default --cpus-per-task for jobs on this GPU"})
     mem: str = field(default="32G", metadata={"help": "default --mem for jobs on this GPU"})
     partitions: list[str] = field(default_factory=list)
@@ -70,8 +73,10 @@ class GpuType:
 class Resources:
     """What one job asks for; experiments set these per dataset size, the profile fills the rest."""
 
-    gpu: str | None = field(default=None, metadata={"help": "GPU type from the profile, or 'none' for CPU only"})
+    gpu: str | None = field(default=None, metadata={"help": "GPU type of the profile, or 'none' for CPU only (a type ties an experiment to one cluster)"})
     gpus: int = field(default=1, metadata={"help": "GPUs on the node"})
+    min_gpu_memory_gb: int | None = field(default=None, metadata={
+        "help": "memory each GPU needs, in GB: the profile's type for the size if it has enough, else its smallest that does (0: no need)"})
     time: str = field(default="01:00:00", metadata={"help": "wall time, Slurm format"})
     partition: str | None = field(default=None, metadata={"help": "partition (default: the profile's)"})
     cpus: int | None = field(default=None, metadata={"help": "--cpus-per-task (default: the GPU type's)"})
@@ -97,15 +102,53 @@ class ClusterProfile:
     sizes: dict[str, Resources] = field(default_factory=dict)
     path: str = ""
 
+    def size_defaults(self, dataset: str) -> dict[str, Any]:
+        """What the profile gives a job of this dataset size when the experiment says nothing."""
+        size = self.sizes.get(dataset)
+        return {k: v for k, v in vars(size).items() if v is not None} if size else {}
+
+    def gpus_with_memory(self, need_gb: int, partition: str | None = None, count: int = 1) -> list[str]:
+        """GPU types with at least `need_gb` GB each (and `count` on a node, in `partition`), smallest first."""
+        fits = [(g.memory_gb, name) for name, g in self.gpus.items()
+                if g.memory_gb >= need_gb and g.per_node >= count and (not partition or not g.partitions or partition in g.partitions)]
+        return [name for _, name in sorted(fits)]
+
+    def _memory_listing(self) -> str:
+        return ", ".join(f"{name} {g.memory_gb} GB" for name, g in sorted(self.gpus.items(), key=lambda kv: (kv[1].memory_gb, kv[0])))
+
+    def _choose_gpu(self, res: Resources, partition: str | None, problems: list[str]) -> str | None:
+        """The GPU type of the job: the one asked for, else the smallest with enough memory, else none (CPU)."""
+        gpu = None if res.gpu in (None, "none", "") else res.gpu
+        need = res.min_gpu_memory_gb or 0
+        if need <= 0:
+            return gpu
+        if res.gpu == "none":
+            problems.append(f"min_gpu_memory_gb = {need} asks for a GPU but gpu = 'none' makes a CPU job; drop one of the two")
+            return None
+        if gpu is None:
+            fitting = self.gpus_with_memory(need, partition, max(res.gpus, 1))
+            if not fitting:
+                problems.append(f"no GPU type on cluster {self.name} has {need} GB (min_gpu_memory_gb) for {res.gpus} GPU(s) on a node"
+                                f"{f' in partition {partition!r}' if partition else ''}; its types: {self._memory_listing()}; "
+                                f"lower min_gpu_memory_gb or use another --cluster")
+                return None
+            return fitting[0]
+        if gpu in self.gpus and self.gpus[gpu].memory_gb < need:
+            bigger = self.gpus_with_memory(need)
+            problems.append(f"GPU type {gpu!r} has {self.gpus[gpu].memory_gb} GB but the job needs {need} GB (min_gpu_memory_gb); "
+                            f"GPU types with enough: {', '.join(bigger) or '(none on cluster ' + self.name + ')'}")
+        return gpu
+
     def resolve(self, *layers: dict[str, Any], where: str = "") -> "JobResources":
         """Merge resource layers (later wins) onto nothing, check them against this profile."""
         merged: dict[str, Any] = {}
         for layer in layers:
             merged.update({k: v for k, v in layer.items() if v is not None})
         res = config.build(Resources, merged, where or f"cluster {self.name}")
-        gpu = None if res.gpu in (None, "none", "") else res.gpu
-        problems = []
-        partition = res.partition or (self.default_partition if gpu else self.cpu_partition)
+        problems: list[str] = []
+        wants_gpu = res.gpu not in (None, "none", "") or (res.gpu is None and (res.min_gpu_memory_gb or 0) > 0)
+        partition = res.partition or (self.default_partition if wants_gpu else self.cpu_partition)
+        gpu = self._choose_gpu(res, partition, problems)
         if partition not in self.partitions:
             problems.append(
                 f"unknown partition {partition!r} on cluster {self.name}; valid partitions: {', '.join(sorted(self.partitions))}"
@@ -113,12 +156,13 @@ class ClusterProfile:
         gres = constraint = None
         cpus, mem = self.cpu_job_cpus, self.cpu_job_mem
         gpus = res.gpus if gpu else 0
+        memory_gb = None
         if gpu:
             if gpu not in self.gpus:
                 problems.append(f"unknown GPU type {gpu!r} on cluster {self.name}; valid GPU types: {', '.join(sorted(self.gpus))}")
             else:
                 g = self.gpus[gpu]
-                cpus, mem = g.cpus, g.mem
+                cpus, mem, memory_gb = g.cpus, g.mem, g.memory_gb or None
                 if gpus < 1:
                     problems.append(f"gpus must be at least 1 for GPU type {gpu!r} (use gpu = 'none' for a CPU job)")
                 if gpus > g.per_node:
@@ -156,7 +200,34 @@ class ClusterProfile:
             max_requeues=self.max_requeues,
             preemptible=self.partitions[partition].preemptible,
             setup=list(self.setup),
+            gpu_memory_gb=memory_gb,
         )
+
+
+def job_resources(profile: ClusterProfile, dataset: str, asked: dict[str, Any] | None = None,
+                  overrides: dict[str, Any] | None = None, where: str = "") -> "JobResources":
+    """The one resource layering (`list` and `submit` both call it): the profile's defaults for the dataset size,
+    then the experiment's `[resources.SIZE]`, then `-o resources.*`.
+
+    A memory need (`min_gpu_memory_gb`) without a GPU type keeps the profile's type for the size when it has
+    enough memory and otherwise lets the profile pick its smallest type that does; a type named by the
+    experiment or on the command line is kept, and refused if too small.
+    """
+    defaults = profile.size_defaults(dataset)
+    chosen = {k: v for k, v in {**(asked or {}), **(overrides or {})}.items() if v is not None}
+    need = chosen.get("min_gpu_memory_gb") or 0
+    default_gpu = defaults.get("gpu")
+    if need > 0 and "gpu" not in chosen and default_gpu is not None:
+        if default_gpu == "none" or (default_gpu in profile.gpus and profile.gpus[default_gpu].memory_gb < need):
+            defaults.pop("gpu")  # the size's usual type is too small (or none): the memory need picks one
+    try:
+        return profile.resolve(defaults, asked or {}, overrides or {}, where=where or f"resources on cluster {profile.name} ({dataset})")
+    except UserError as e:
+        pinned = (asked or {}).get("gpu")
+        if pinned not in (None, "none") and pinned not in profile.gpus and "gpu" not in (overrides or {}):
+            raise UserError(f"{e} (the experiment's [resources.{dataset}] names it: say what the job needs instead, "
+                            f"e.g. min_gpu_memory_gb = N, which every cluster profile can meet)") from None
+        raise
 
 
 @dataclass
@@ -176,6 +247,7 @@ class JobResources:
     max_requeues: int = 20
     preemptible: bool = False
     setup: list[str] = field(default_factory=list)
+    gpu_memory_gb: int | None = None  # memory of one GPU of the chosen type (None: CPU job or not stated)
 
     def slurm_parameters(self) -> dict[str, Any]:
         """Keyword arguments for submitit.SlurmExecutor.update_parameters."""

@@ -1,6 +1,10 @@
 """Experiments (jobs/*.toml): which stage, with which parameters, needing which other experiments, on what.
 
     medminds list            # every experiment, its stage, needs and resources per dataset size
+    medminds list NAME       # its parameters (default, this file's value, help) and resources per size
+
+Resources in a file are cluster-neutral (time, gpus, min_gpu_memory_gb, gpu = "none"): the cluster profile
+turns them into its own GPU types and partitions (clusters.job_resources).
 
 A file is validated whole: unknown keys, ill-typed values and bad choices are reported together, each
 with the file, the key and what would have been valid.

@@ -21,7 +21,7 @@ from typing import Any
 
 import submitit
 
-from medminds_hpc import config, runs
+from medminds_hpc import compat, config, runs
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.stages import get_stage
 
@@ -52,7 +52,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self._stop_signal = None
         env = _job_env()
         if env is not None:
-            signal.signal(env._usr_sig(), self._on_signal)
+            signal.signal(compat.usr_signal(env), self._on_signal)
         run = runs.load(self.run_dir)
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         job_id = job_id or (env.job_id if env is not None else None)
@@ -124,11 +124,11 @@ class StageJob(submitit.helpers.Checkpointable):
         paths = env.paths
         delayed = submitit.helpers.DelayedSubmission.load(paths.submitted_pickle)
         fresh = self.checkpoint()
-        fresh.set_timeout(delayed._timeout_min, delayed._timeout_countdown)
-        with submitit.core.utils.temporary_save_path(paths.submitted_pickle) as tmp:
+        fresh.set_timeout(*compat.delayed_timeout(delayed))
+        with compat.temporary_save_path(paths.submitted_pickle) as tmp:
             fresh.dump(tmp)
         try:
-            env._requeue(limit - run.data["requeues"])  # local executor: exits with its requeue code
+            compat.requeue(env, limit - run.data["requeues"])  # local executor: exits with its requeue code
         except subprocess.CalledProcessError as e:
             # Under partition preemption Slurm requeues the job itself and may refuse a second requeue.
             log.warning("scontrol requeue failed (%s); relying on Slurm's own requeue of preempted jobs", e)

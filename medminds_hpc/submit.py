@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from medminds_hpc import clusters, experiments, paths, runs, status
+from medminds_hpc import clusters, compat, experiments, paths, runs, status
 from medminds_hpc.errors import StageNotImplemented, UserError
 
 Executor = Literal["slurm", "local", "debug"]
@@ -78,13 +78,8 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         exp = experiments.load(exp_name)
         needs = {n: visit(n, chain + (exp_name,), False).run_id for n in exp.needs}
         resolved = experiments.resolve(exp, opts.dataset, opts.model, routed.get(exp_name, []))
-        size_defaults = profile.sizes.get(opts.dataset)
-        layers = [
-            {k: v for k, v in vars(size_defaults).items() if v is not None} if size_defaults else {},
-            exp.resources.get(opts.dataset, {}),
-            resolved.resource_overrides,
-        ]
-        resources = profile.resolve(*layers, where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
+        resources = clusters.job_resources(profile, opts.dataset, exp.resources.get(opts.dataset, {}), resolved.resource_overrides,
+                                           where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
         run_id = runs.make_run_id(exp_name, opts.dataset, resolved.identity(needs))
         existing = runs.get(run_id)
         p = PlannedRun(resolved, resources, run_id, needs, existing, "new")
@@ -124,12 +119,13 @@ def _folder(run_id: str) -> Path:
     return paths.runs_dir() / run_id / "logs"
 
 
-def make_executor(executor: str, run_id: str, resources: clusters.JobResources, dependencies: list[str]):
+def make_executor(executor: str, run_id: str, resources: clusters.JobResources, dependencies: list[str], script_only: bool = False):
+    """The submitit executor for one run; `script_only` (dry runs) renders sbatch scripts without Slurm installed."""
     import submitit
 
     folder = _folder(run_id)
     if executor == "slurm":
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=resources.max_requeues)
+        ex = compat.slurm_executor(folder, resources.max_requeues, script_only=script_only)
         extra: dict[str, Any] = {"requeue": True}
         params = resources.slurm_parameters()
         if dependencies:
@@ -146,10 +142,10 @@ def make_executor(executor: str, run_id: str, resources: clusters.JobResources, 
 
 def sbatch_script(p: PlannedRun, dependencies: list[str]) -> str:
     """The sbatch script submitit will write for this run (for --dry-run and the golden test)."""
-    ex = make_executor("slurm", p.run_id, p.resources, dependencies)
+    ex = make_executor("slurm", p.run_id, p.resources, dependencies, script_only=True)
     if p.resolved.experiment.shards > 1:
         ex.parameters["map_count"] = p.resolved.experiment.shards
-    return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
+    return compat.sbatch_text(ex)
 
 
 def _record(p: PlannedRun, executor: str) -> dict[str, Any]:
@@ -177,7 +173,8 @@ def _check_stages_implemented(to_run: list[PlannedRun]) -> None:
 
 def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -> list[PlannedRun]:
     executor = opts.executor or default_executor()
-    check_executor(executor)
+    # a dry run prints the profile's sbatch script anywhere, Slurm installed or not
+    check_executor("debug" if opts.dry_run and executor == "slurm" else executor)
     planned = plan(name, opts)
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
     _check_stages_implemented(to_run)  # refuse before anything is written or submitted

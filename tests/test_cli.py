@@ -25,7 +25,8 @@ def assert_user_error(proc, *needles, home=None):
         assert not (Path(home) / "runs").exists() or not any((Path(home) / "runs").iterdir())
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list"], ["status"], ["status", "--json"], ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"]])
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "expert-task", "--cluster", "generic"], ["status"], ["status", "--json"],
+                                  ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"]])
 def test_cli_never_imports_heavy_libraries(args, medminds_home):
     code = (
         "import sys, runpy; sys.argv = ['medminds', *sys.argv[1:]]\n"
@@ -45,6 +46,75 @@ def test_list_json_has_every_experiment():
     by_name = {r["name"]: r for r in rows}
     assert by_name["moe-linear"]["stage"] == "moe" and by_name["moe-linear"]["needs"] == ["prepare", "expert-task", "expert-domain"]
     assert {"name", "stage", "needs"} <= set(rows[0])
+
+
+def test_list_names_every_experiment_whole_in_80_columns():
+    from medminds_hpc import experiments
+
+    proc = run_cli("list", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    firsts = {line.split()[0] for line in lines if line.strip()}
+    for name in experiments.available():
+        assert name in firsts, (name, proc.stdout)
+    assert "…" not in proc.stdout and max(len(line) for line in lines) <= 80
+    assert "medminds list NAME" in proc.stdout.replace("\n", " ")
+
+
+def test_list_shows_resources_per_size_when_wide():
+    proc = run_cli("list", "--cluster", "generic", env={"COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("expert-task ")]
+    assert "1xa40 gpu 01:00:00" in row and "1xh100 gpu 2-00:00:00" in row
+
+
+def test_list_one_experiment_shows_parameters_defaults_help_and_resources():
+    proc = run_cli("list", "moe-topk", "--cluster", "generic", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+
+    def row(name: str) -> list[str]:
+        (line,) = [line for line in lines if line.startswith(name + " ")]
+        return line.split()
+
+    assert row("learning_rate")[:3] == ["learning_rate", "0.0002", "0.001"]  # the stage default, then the paper's value
+    assert row("optimizer")[:3] == ["optimizer", "adamw", "adam"]
+    assert row("seed")[:3] == ["seed", "3407", "seed"]  # the same as the default: no second value, the help follows
+    assert row("mega")[:5] == ["mega", "1xh100", "80", "GB", "gpu"]
+    text = " ".join(proc.stdout.split())  # wrapped help continues on the next lines
+    assert "experts per token for the top-k router" in text and "(one of: linear, topk, mlp)" in text
+    assert "passes over the training split" in text  # a shared field the stage redeclares keeps its help
+    assert max(len(line) for line in lines) <= 80
+    moe = run_cli("list", "moe-linear", env={"COLUMNS": "80"}).stdout
+    (epochs,) = [line for line in moe.splitlines() if line.startswith("epochs ")]
+    assert epochs.split()[:4] == ["epochs", "10", "mega:", "1"]
+
+
+def test_list_one_experiment_json():
+    proc = run_cli("list", "moe-topk", "--json", "--cluster", "dev")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    params = {p["name"]: p for p in d["parameters"]}
+    assert params["learning_rate"]["default"] == 2e-4 and params["learning_rate"]["value"] == 1e-3 and params["learning_rate"]["differs"]
+    assert params["router"]["choices"] == ["linear", "topk", "mlp"] and params["router"]["help"]
+    assert d["resources"]["micro"]["gpu"] == "v100" and d["resources"]["micro"]["gpu_memory_gb"] == 32
+    assert d["needs"] == ["prepare", "expert-task", "expert-domain"] and d["cluster"] == "dev"
+
+
+def test_list_bad_input(medminds_home):
+    assert_user_error(run_cli("list", "expert-tsk"), "unknown experiment 'expert-tsk'", "expert-task")
+    assert_user_error(run_cli("list", "--cluster", "nosuch"), "unknown cluster profile 'nosuch'", "dev, generic, unity")
+
+
+def test_dry_run_needs_no_slurm(medminds_home, tmp_path):
+    """sbatch and srun off PATH (a laptop): the profile's sbatch script is printed all the same."""
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    for executor in ([], ["--executor", "slurm"]):
+        p = run_cli("submit", "expert-task", "--dataset", "mega", "--dry-run", "--cluster", "unity", *executor, env={"PATH": str(no_slurm)})
+        assert p.returncode == 0, p.stderr
+        assert "#SBATCH --constraint=a100" in p.stdout and "#SBATCH --partition=gpu-preempt" in p.stdout and "srun" in p.stdout
+    assert not (medminds_home / "runs").exists()
 
 
 def test_unknown_experiment(medminds_home):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from medminds_hpc import artifacts, fileio
+from medminds_hpc import artifacts, compat, fileio
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.training.options import TrainOptions
 
@@ -124,28 +124,26 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
 def resumable(trainer_class: Any, ctx: StageContext) -> Any:
     """`trainer_class` whose checkpoints hold trainable state only and are committed atomically."""
 
-    class Resumable(trainer_class):  # type: ignore[misc,valid-type]
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            from safetensors.torch import save_file
+    def save_model(trainer: Any, out: Path) -> None:
+        from safetensors.torch import save_file
 
-            out = Path(output_dir or self.args.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            if self.args.should_save:
-                save_file(trainable_state(self.model), str(out / TRAINABLE_FILE))
+        out.mkdir(parents=True, exist_ok=True)
+        if trainer.args.should_save:
+            save_file(trainable_state(trainer.model), str(out / TRAINABLE_FILE))
 
-        def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            super()._save_checkpoint(model, trial)
-            step = self.state.global_step
-            written = Path(self.args.output_dir) / f"checkpoint-{step}"
-            if self.args.should_save and written.is_dir():
-                ctx.checkpoints.commit(step, written, meta={"epoch": self.state.epoch})
-            ctx.saved(step)
+    def after_checkpoint(trainer: Any) -> None:
+        step = trainer.state.global_step
+        written = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        if trainer.args.should_save and written.is_dir():
+            ctx.checkpoints.commit(step, written, meta={"epoch": trainer.state.epoch})
+        ctx.saved(step)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            load_trainable_state(model or self.model, Path(resume_from_checkpoint) / TRAINABLE_FILE)
+    def load_model(trainer: Any, checkpoint_dir: Path, model: Any) -> None:
+        load_trainable_state(model, checkpoint_dir / TRAINABLE_FILE)
 
-    Resumable.__name__ = f"Resumable{trainer_class.__name__}"
-    return Resumable
+    cls = compat.trainer_with_hooks(trainer_class, save_model=save_model, after_checkpoint=after_checkpoint, load_model=load_model)
+    cls.__name__ = cls.__qualname__ = f"Resumable{trainer_class.__name__}"
+    return cls
 
 
 def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:

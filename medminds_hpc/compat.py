@@ -1,0 +1,98 @@
+"""Every private API of submitit and transformers the project uses, behind one small module.
+
+Private names change without notice in any release. Keeping them here means one file to fix after an upgrade;
+tests/test_compat.py checks each against the installed versions (it exists, with the signature used here), and
+pyproject.toml caps each library below its next major version, so a breaking upgrade fails in CI, not in a job
+on a cluster. Libraries are imported inside the functions: the CLI imports this module without loading them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+# submitit --------------------------------------------------------------------------------------------------------
+def usr_signal(env: Any) -> int:
+    """The signal submitit's jobs receive before preemption or time-out (USR2 unless SUBMITIT_PREEMPT_SIGNAL says)."""
+    return env._usr_sig()
+
+
+def requeue(env: Any, countdown: int) -> None:
+    """Requeue the running job (Slurm: scontrol requeue; local: exit with submitit's requeue code)."""
+    env._requeue(countdown)
+
+
+def delayed_timeout(delayed: Any) -> tuple[int, int]:
+    """(timeout in minutes, time-outs left) of a submitit DelayedSubmission, to carry over into a fresh pickle."""
+    return delayed._timeout_min, delayed._timeout_countdown
+
+
+@contextlib.contextmanager
+def temporary_save_path(path: str | Path) -> Iterator[Path]:
+    """A path to write to; on exit it replaces `path` in one rename (what submitit itself uses for its pickles)."""
+    from submitit.core.utils import temporary_save_path as save_path
+
+    with save_path(path) as tmp:
+        yield tmp
+
+
+def slurm_executor(folder: str | Path, max_num_timeout: int, script_only: bool = False) -> Any:
+    """A submitit SlurmExecutor. `script_only` renders sbatch scripts where Slurm is not installed (a dry run on
+    a laptop): submitit refuses to build an executor without `srun` on PATH, although the script needs neither."""
+    import submitit
+
+    cls = _script_only_executor() if script_only else submitit.SlurmExecutor
+    return cls(folder=folder, max_num_timeout=max_num_timeout)
+
+
+@functools.cache
+def _script_only_executor() -> type:
+    import submitit
+
+    class ScriptOnlySlurmExecutor(submitit.SlurmExecutor):
+        """Builds without Slurm; submitting with it fails at sbatch like any executor on a machine without Slurm."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2  # what SlurmExecutor answers when srun is on PATH
+
+    return ScriptOnlySlurmExecutor
+
+
+def sbatch_text(executor: Any) -> str:
+    """The sbatch script a SlurmExecutor would submit for one job with its current parameters."""
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+# transformers ----------------------------------------------------------------------------------------------------
+def trainer_with_hooks(
+    trainer_class: type,
+    *,
+    save_model: Callable[[Any, Path], None],
+    after_checkpoint: Callable[[Any], None],
+    load_model: Callable[[Any, Path, Any], None],
+) -> type:
+    """A subclass of a transformers Trainer (or trl's) whose checkpoints go through the given functions.
+
+    - `save_model(trainer, out_dir)` replaces `Trainer._save`: what a save writes of the model;
+    - `after_checkpoint(trainer)` runs after `Trainer._save_checkpoint` wrote `checkpoint-<step>/` (model,
+      optimizer, scheduler, RNG, trainer state);
+    - `load_model(trainer, checkpoint_dir, model)` replaces `Trainer._load_from_checkpoint` on resume.
+    """
+
+    class Hooked(trainer_class):  # type: ignore[misc,valid-type]
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            save_model(self, Path(output_dir or self.args.output_dir))
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            super()._save_checkpoint(model, trial)
+            after_checkpoint(self)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            load_model(self, Path(resume_from_checkpoint), model if model is not None else self.model)
+
+    Hooked.__name__ = Hooked.__qualname__ = f"Hooked{trainer_class.__name__}"
+    return Hooked
