@@ -30,6 +30,7 @@ class Config(TrainOptions):
 
 
 ADAPTER_DIR = "adapter"
+HEADLINE = "task_accuracy"  # held-out accuracy on its own training task: the number that says the expert learned
 
 
 def training_rows(cfg: Config, rows: list[dict[str, Any]], tokenizer: Any) -> Any:
