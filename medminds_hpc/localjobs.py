@@ -23,6 +23,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from medminds_hpc import fileio
+
 CONTROLLER_MODULE = "submitit.local._local"
 CONTROLLER_LOG = "controller.log"
 # how long each signal gets before the next, stronger one (SIGINT, SIGTERM, SIGKILL)
@@ -107,7 +109,14 @@ def processes(job_id: str, folder: Path) -> list[int]:
 
 
 def alive(job_id: str, folder: Path) -> bool:
-    return bool(processes(job_id, folder))
+    """Whether any process of the job is left (`medminds status`: cheap while the controller runs, the usual case)."""
+    try:
+        pid = int(job_id)
+    except ValueError:
+        return False
+    if fileio.pid_alive(pid):
+        return _is_controller(pid, folder)  # else the pid was reused: the job's group is gone with it
+    return bool(processes(job_id, folder))  # a task left behind by a killed controller
 
 
 def stop(job_id: str, folder: Path, waits_s: tuple[float, float, float] = STOP_WAITS_S) -> bool:
