@@ -164,7 +164,9 @@ def test_identical_submits_at_once_make_one_job_per_run(jobs_dir):
         assert len(run.job_ids) == 1 and len(run.data["submissions"]) == 1, run.data
         mine = [line for line in said if line.startswith(run.id)]
         assert len(mine) == 8 and sum(" submitted as job " in line for line in mine) == 1, mine
-        assert all(line.split(" as job ")[1].split()[0].strip(",") == run.job_ids[0] for line in mine), mine
+        # the others name that job, or find the run already finished (a late thread, on a busy machine)
+        assert all(line.split(" as job ")[1].split()[0].strip(",") == run.job_ids[0] if " as job " in line
+                   else "already COMPLETED" in line for line in mine), mine
     until(lambda: runs.find("down-micro").state == runs.COMPLETED, what="down to complete")
 
 
