@@ -85,6 +85,9 @@ def submit(
         submit_mod.submit(experiment, opts, say=lambda s: console().print(s, highlight=False, markup=False, soft_wrap=True))
     except UserError as e:
         fail(str(e))
+    except (submit_mod.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: where things stand, not a traceback
+        console(stderr=True).print(str(e) or "interrupted; nothing was submitted", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -128,7 +131,7 @@ def status(
     run: List[str] = typer.Argument(None, help="run ids (default: every run)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """One table of every run: state, job, elapsed, GPU-hours, progress, best metric."""
+    """One table of every run: state, job, elapsed, GPU-hours, progress, and its stage's headline metric."""
     from medminds_hpc import runs, status as status_mod
 
     try:
@@ -147,10 +150,10 @@ def status(
         table = [
             (r.run.id, r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else ""), r.job_id or "",
              plain_duration(r.elapsed_s) if r.elapsed_s else "", f"{r.gpu_hours:.2f}" if r.gpu_hours else "",
-             r.progress, r.best)
+             r.progress, r.headline)
             for r in rows
         ]
-        print(plain_table(("run", "state", "job", "elapsed", "GPU-h", "progress", "best"), table, title=f"runs in {runs.paths.runs_dir()}"))
+        print(plain_table(("run", "state", "job", "elapsed", "GPU-h", "progress", "metric"), table, title=f"runs in {runs.paths.runs_dir()}"))
     if problems:
         fail(problems[0] + (f" (and {len(problems) - 1} more unreadable runs)" if len(problems) > 1 else ""))
 
@@ -168,7 +171,7 @@ def logs(run: str = typer.Argument(..., help="run id (or a unique prefix)"), fol
 
 @app.command()
 def cancel(run: List[str] = typer.Argument(..., help="run ids to cancel")) -> None:
-    """Cancel the jobs of runs (Slurm: scancel; local: stop the process)."""
+    """Cancel every live job of runs (Slurm: scancel; local: SIGINT, SIGTERM, then SIGKILL until it is gone)."""
     from medminds_hpc import control
 
     try:

@@ -95,6 +95,13 @@ class StageContext:
         if self.is_rank_zero:
             self.run.update(lambda d: d.update(best={"metric": metric, "value": value}))
 
+    def record_headline(self, metrics: dict[str, Any], epoch: float) -> None:
+        """Keep the last validated value of the run's headline metric in run.json, for `medminds status`."""
+        name = self.record.get("headline_metric") or "accuracy"
+        value = metrics.get(name)
+        if self.is_rank_zero and isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.run.update(lambda d: d.update(headline={"metric": name, "value": value, "epoch": epoch}))
+
     def step_done(self, step: int, state: Callable[[], dict[str, Any]], total: int | None = None, **metrics: Any) -> None:
         """Call after every optimizer step: saves when due or asked to stop; raises StopRequested then."""
         stop = self.stop_requested()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from medminds_hpc import clusters, fileio, runs, status
+from medminds_hpc import clusters, fileio, localjobs, runs, status
 from medminds_hpc.errors import UserError
 
 
@@ -57,25 +55,52 @@ def print_logs(query: str, follow: bool, out: TextIO, poll_s: float = 1.0, max_w
 
 
 def cancel(query: str) -> str:
+    """Stop every live job the run has recorded (every submission, every array task), then mark it CANCELLED."""
     run = runs.find(query)
-    (st,) = status.collect([run])
-    if st.state not in runs.ACTIVE_STATES:
-        return f"{run.id}: nothing to cancel (state {st.state})"
-    ids = status.current_job_ids(run)
+    with runs.submission_lock(run.id):  # no submission of this run can slip in between
+        run.reload()
+        stopped = stop_jobs(run)
+        if not stopped:
+            return f"{run.id}: nothing to cancel (state {status.collect([run])[0].state})"
+        if run.state != runs.COMPLETED:  # a finished run stays finished (the live job was a stray duplicate)
+            run.update(lambda d: d.update(state=runs.CANCELLED, error="cancelled by the user"))
+    return f"{run.id}: cancelled job {', '.join(stopped)}"
+
+
+def live_job_ids(run: runs.Run) -> list[str]:
+    """The run's recorded job ids whose jobs may still be running or waiting."""
+    ids = run.job_ids
     executor = run.data.get("executor")
-    if executor == "slurm":
-        try:
-            subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True, timeout=60)
-        except subprocess.CalledProcessError as e:
-            raise UserError(f"scancel {' '.join(ids)} failed: {e.stderr.strip()}") from None
-    elif executor == "local":
-        for jid in ids:
-            try:
-                os.kill(int(jid), signal.SIGINT)  # submitit's local controller stops its tasks on SIGINT
-            except (ProcessLookupError, ValueError):
-                pass
-    run.update(lambda d: d.update(state=runs.CANCELLED, error="cancelled by the user"))
-    return f"{run.id}: cancelled job {', '.join(ids)}"
+    if executor == "local":
+        return [j for j in ids if localjobs.alive(j, run.log_dir)]
+    if executor != "slurm":
+        return []
+    known = status.scheduler_states(ids)
+    final = {runs.COMPLETED, runs.FAILED, runs.CANCELLED, "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+    # A job neither sacct nor squeue knows (yet) was just submitted, and a preempted or timed-out one may be on its
+    # way back into the queue (requeue), unless the run itself has ended.
+    maybe = {runs.TIMEOUT, runs.PREEMPTED}
+    run_active = run.state in runs.ACTIVE_STATES
+    return [j for j in ids if (run_active if j not in known or known[j].state in maybe else known[j].state not in final)]
+
+
+def stop_jobs(run: runs.Run) -> list[str]:
+    """Cancel the run's live jobs; returns their ids. Local jobs are stopped for good before this returns."""
+    ids = live_job_ids(run)
+    if not ids:
+        return []
+    if run.data.get("executor") == "slurm":
+        proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+        gone = ("already completing or completed", "Invalid job id")
+        errors = [line for line in proc.stderr.splitlines() if line.strip() and not any(g in line for g in gone)]
+        if proc.returncode != 0 and errors:
+            raise UserError(f"scancel {' '.join(ids)} failed: {' | '.join(errors)}")
+    else:
+        stuck = [j for j in ids if not localjobs.stop(j, run.log_dir)]
+        if stuck:
+            raise UserError(f"{run.id}: local job {', '.join(stuck)} survived SIGKILL; see `ps -g {stuck[0]}` "
+                            "(a process stuck in the kernel, e.g. on a hung filesystem)")
+    return ids
 
 
 def doctor(cluster: str | None, executor: str | None, gpu_types: list[str], say: Callable[[str], None]) -> list[runs.Run]:

@@ -1,4 +1,4 @@
-"""Atomic writes and a lock for read-modify-write of small state files.
+"""Atomic writes, and locks: one for read-modify-write of small state files, one across hosts for submissions.
 
 A job can be killed at any instant (preemption, time-out, OOM); a reader must only ever see the old file or
 the new one, never half of one. Everything that records state goes through here.
@@ -12,10 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from medminds_hpc.errors import UserError
 
 
 def sha256_file(path: Path | str) -> str:
@@ -143,6 +147,110 @@ def locked(path: Path | str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# A lock file created with O_EXCL (atomic on local filesystems and on NFSv3+, unlike flock, which some NFS
+# mounts keep local to one host). It names its holder, so a lock left by a killed process can be taken over.
+LOCK_STALE_AFTER_S = 300.0
+
+
+@contextlib.contextmanager
+def exclusive(path: Path | str, *, stale_after_s: float = LOCK_STALE_AFTER_S, poll_s: float = 0.05,
+              wait_s: float | None = None) -> Iterator[None]:
+    """Hold the lock file `path` while the block runs, waiting for any other holder on any host.
+
+    A lock is taken over when its holder is gone: same host and a dead pid, or older than `stale_after_s` (a
+    holder on another host cannot be asked). Waiting gives up after `wait_s` (default: just past stale_after_s,
+    when any lock has become stale) with a UserError naming the holder and the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + (wait_s if wait_s is not None else stale_after_s + 30)
+    while not _try_create(path, token):
+        holder = _read_lock(path)
+        if holder is not None and _is_stale(path, holder, stale_after_s):
+            _break(path, holder)
+            continue
+        if time.monotonic() > deadline:
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "an unknown process"
+            raise UserError(f"{path} is held by {who}; wait for that command to finish, or delete the file if it no longer runs")
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        holder = _read_lock(path)
+        if holder is not None and holder.get("token") == token:  # not taken over meanwhile as stale
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _try_create(path: Path, token: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~umask())
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time(), "token": token}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The holder's record; {} while a holder is still writing it (or died before it could); None when free."""
+    try:
+        text = path.read_text()
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data.setdefault("created", mtime)
+    return data
+
+
+def _is_stale(path: Path, holder: dict[str, Any], stale_after_s: float) -> bool:
+    if "token" not in holder:  # created but never written: its writer died at once, or is writing right now
+        return time.time() - float(holder["created"]) > 10
+    if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
+        return True
+    return time.time() - float(holder["created"]) > stale_after_s
+
+
+def _break(path: Path, stale: dict[str, Any]) -> None:
+    """Remove a stale lock, but never a live one that replaced it a moment ago (renamed aside, then checked)."""
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    moved = _read_lock(aside) or {}
+    if moved.get("token") != stale.get("token"):  # a new holder's lock: put it back unless yet another exists
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    os.unlink(aside)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host and has not finished (a zombie counts as finished)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def append_jsonl(path: Path | str, record: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,40 @@ def profiles_dir() -> Path:
 
 def home() -> Path:
     return Path(os.environ.get("MEDMINDS_HOME") or Path.cwd()).absolute()
+
+
+# kernel filesystems: writing there fails, or worse, does something other than store a file
+VIRTUAL_FILESYSTEMS = (Path("/proc"), Path("/sys"))
+HOME_HINT = ("set MEDMINDS_HOME to a directory you can write on the cluster's shared filesystem "
+             "(e.g. /work/pi_<group>/$USER/medminds), or unset it to use the current directory")
+
+
+def check_home() -> Path:
+    """$MEDMINDS_HOME, once known to be usable for runs and data: a writable directory, or one that can be made.
+
+    Checked before anything is written, so a bad home is one line naming it and what to do, not a traceback
+    from deep inside a submission. Nothing is left behind (the probe file is removed at once).
+    """
+    where = home()
+    name = f"MEDMINDS_HOME={where}" if os.environ.get("MEDMINDS_HOME") else f"the current directory {where} (MEDMINDS_HOME is not set)"
+    real = where.resolve()
+    for virtual in VIRTUAL_FILESYSTEMS:
+        if real == virtual or virtual in real.parents:
+            raise UserError(f"{name} is under {virtual}, a kernel filesystem that cannot hold runs; {HOME_HINT}")
+    existing = where
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == where else f"cannot be created: {existing} is"
+        raise UserError(f"{name} {what} not a directory; {HOME_HINT}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".medminds-probe-", dir=existing)
+    except OSError as e:
+        what = "is" if existing == where else f"cannot be created: {existing} is"
+        raise UserError(f"{name} {what} not writable ({e.strerror}); {HOME_HINT}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return where
 
 
 def runs_dir() -> Path:

@@ -2,7 +2,8 @@
 
 A run's id is derived from what it computes (experiment, dataset, model, parameters, upstream runs), so
 submitting the same thing twice finds the existing run. Every write of run.json is atomic and locked: the
-login node (submit) and the compute node (the job) both update it.
+login node (submit) and the compute node (the job) both update it. Deciding whether a run needs a job and
+submitting it happen under the run's submission lock, so identical commands started at once make one job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -139,6 +141,12 @@ def create(run_id: str, record: dict[str, Any], *, force: bool = False) -> Run:
 def get(run_id: str) -> Run | None:
     run_dir = paths.runs_dir() / run_id
     return load(run_dir) if (run_dir / RUN_FILE).exists() else None
+
+
+def submission_lock(run_id: str) -> AbstractContextManager[None]:
+    """Held from "does this run need a job?" to "its job id is recorded" (and while cancelling): a lock file in
+    $MEDMINDS_HOME/.locks, on the shared filesystem like the runs, outside the run directory (--force deletes it)."""
+    return fileio.exclusive(paths.home() / ".locks" / f"{run_id}.lock")
 
 
 def iter_run_dirs() -> Iterator[Path]:

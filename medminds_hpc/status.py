@@ -5,14 +5,13 @@ Never imports torch: `medminds status` must answer in well under a second on a l
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from medminds_hpc import runs
+from medminds_hpc import localjobs, runs
 
 SACCT_FIELDS = ["JobID", "State", "ElapsedRaw", "AllocTRES", "NodeList", "ExitCode", "Start"]
 
@@ -85,21 +84,6 @@ def _slurm_duration(text: str) -> int:
     return ((d * 24 + h) * 60 + mi) * 60 + s
 
 
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    # a zombie (finished child not yet reaped) counts as gone
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 @dataclass
 class RunStatus:
     run: runs.Run
@@ -109,7 +93,7 @@ class RunStatus:
     gpu_hours: float = 0.0
     node: str = ""
     progress: str = ""
-    best: str = ""
+    headline: str = ""
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -119,7 +103,7 @@ class RunStatus:
             "run": self.run.id, "experiment": d.get("experiment"), "dataset": d.get("dataset"), "state": self.state,
             "job_id": self.job_id, "job_ids": self.run.job_ids, "run_dir": str(self.run.dir), "executor": d.get("executor"),
             "elapsed_s": self.elapsed_s, "gpu_hours": round(self.gpu_hours, 4), "node": self.node, "progress": self.progress,
-            "best": self.best, "requeues": d.get("requeues", 0), "detail": self.detail,
+            "headline": self.headline, "requeues": d.get("requeues", 0), "detail": self.detail,
         }
 
 
@@ -141,14 +125,31 @@ def _progress_text(d: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _best_text(run: runs.Run) -> str:
-    m = run.metrics()
-    if m and isinstance(m.get("accuracy"), (int, float)):
-        return f"acc {m['accuracy']:.3f}"
-    best = run.data.get("best")
-    if isinstance(best, dict) and "value" in best:
-        return f"{best.get('metric', 'best')} {best['value']:.3f}"
+def headline_metric(run: runs.Run) -> str:
+    """The name of the one number that says how the run went (its stage's, recorded at submission)."""
+    return run.data.get("headline_metric") or "accuracy"
+
+
+def _headline_text(run: runs.Run) -> str:
+    """`task_accuracy 0.990`: the finished run's value (metrics.json, else what its stage returned), else the last
+    validated epoch's."""
+    name = headline_metric(run)
+    for done in (run.metrics(), run.result()):
+        if done and _is_number(done.get(name)):
+            return f"{name} {_number(done[name])}"
+    latest = run.data.get("headline")
+    if isinstance(latest, dict) and latest.get("metric") == name and _is_number(latest.get("value")):
+        epoch = f" (epoch {latest['epoch']:g})" if _is_number(latest.get("epoch")) else ""
+        return f"{name} {_number(latest['value'])}{epoch}"
     return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3f}"
 
 
 def current_job_ids(run: runs.Run) -> list[str]:
@@ -173,7 +174,7 @@ def run_status(run: runs.Run, live: dict[str, JobInfo]) -> RunStatus:
         elif recorded in runs.ACTIVE_STATES and ids:
             state = runs.PENDING if recorded == runs.SUBMITTING else recorded
     elif d.get("executor") == "local" and recorded in runs.ACTIVE_STATES and ids:
-        if not any(_pid_alive(j) for j in ids):
+        if not any(localjobs.alive(j, run.log_dir) for j in ids):
             state, detail = runs.FAILED, detail or "the local job's process is gone; see `medminds logs`"
     all_infos = [live[j] for j in run.job_ids if j in live]
     return RunStatus(
@@ -181,7 +182,7 @@ def run_status(run: runs.Run, live: dict[str, JobInfo]) -> RunStatus:
         elapsed_s=max((i.elapsed_s for i in infos), default=0),
         gpu_hours=sum(i.gpu_seconds for i in all_infos) / 3600.0,
         node=",".join(sorted({i.node for i in infos if i.node and i.node != "None assigned"})),
-        progress=_progress_text(d), best=_best_text(run), detail=detail,
+        progress=_progress_text(d), headline=_headline_text(run), detail=detail,
     )
 
 

@@ -5,17 +5,25 @@
 Each needed experiment resolves to a finished run (used as is), an active run (its job becomes a
 dependency), or a new/failed run, submitted now. Dependants use `afterok` with `kill_on_invalid_dep=yes`, so
 a failed upstream cancels them instead of leaving them pending forever.
+
+Each run is decided and submitted under its submission lock (runs.submission_lock): identical commands started
+at the same moment, on one host or several, make one job per run, and the others report that job. Ctrl-C while
+waiting stops a local job (the run stays resumable) or, for Slurm, stops only the waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from medminds_hpc import clusters, compat, experiments, paths, runs, status
+from medminds_hpc import clusters, compat, control, experiments, localjobs, paths, runs, status
 from medminds_hpc.errors import StageNotImplemented, UserError
 
 Executor = Literal["slurm", "local", "debug"]
@@ -45,6 +53,7 @@ class PlannedRun:
     live_state: str | None = None
     job_ids: list[str] = field(default_factory=list)
     jobs: list[Any] = field(default_factory=list)
+    force: bool = False  # start afresh (--force, for the command's own experiment)
 
     @property
     def name(self) -> str:
@@ -81,26 +90,40 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         resources = clusters.job_resources(profile, opts.dataset, exp.resources.get(opts.dataset, {}), resolved.resource_overrides,
                                            where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
         run_id = runs.make_run_id(exp_name, opts.dataset, resolved.identity(needs))
-        existing = runs.get(run_id)
-        p = PlannedRun(resolved, resources, run_id, needs, existing, "new")
-        if existing is not None:
-            if top and opts.force:
-                p.action = "fresh"
-            else:
-                (st,) = status.collect([existing])
-                p.live_state = st.state
-                if st.state == runs.COMPLETED:
-                    p.action = "done"
-                elif st.state in runs.ACTIVE_STATES:
-                    p.action, p.job_ids = "active", status.current_job_ids(existing)
-                else:
-                    p.action = "resume"
+        p = PlannedRun(resolved, resources, run_id, needs, None, "new", force=top and opts.force)
+        decide(p)
         by_name[exp_name] = p
         ordered.append(p)
         return p
 
     visit(name, (), True)
     return ordered
+
+
+def decide(p: PlannedRun, *, locked: bool = False, since: float | None = None) -> None:
+    """Set what happens to the run from what is on disk and in the scheduler now: new, fresh, resume, active, done.
+
+    `locked`: the caller holds the run's submission lock, so a run still SUBMITTING with no job is a submission
+    that died, not one in progress. `since`: when this command started; a run submitted after it was started
+    afresh by an identical --force command running at the same time, and is not started afresh again.
+    """
+    existing = runs.get(p.run_id)
+    p.existing, p.action, p.live_state, p.job_ids = existing, "new", None, []
+    if existing is None:
+        return
+    recent = since is not None and any(s.get("submitted_s", 0) >= since for s in existing.data.get("submissions", []))
+    if p.force and not recent:
+        p.action = "fresh"
+        return
+    (st,) = status.collect([existing])
+    p.live_state = st.state
+    dead_submission = locked and existing.state == runs.SUBMITTING and not existing.job_ids
+    if st.state == runs.COMPLETED:
+        p.action = "done"
+    elif st.state in runs.ACTIVE_STATES and not dead_submission:
+        p.action, p.job_ids = "active", status.current_job_ids(existing)
+    else:
+        p.action = "resume"
 
 
 def _chain(name: str) -> list[str]:
@@ -134,7 +157,7 @@ def make_executor(executor: str, run_id: str, resources: clusters.JobResources, 
         ex.update_parameters(job_name=run_id, comment=f"medminds {run_id}", additional_parameters=extra, **params)
         return ex
     if executor == "local":
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=resources.max_requeues)
+        ex = localjobs.executor(folder, max_num_timeout=resources.max_requeues)
         ex.update_parameters(timeout_min=resources.time_min, signal_delay_s=min(resources.signal_delay_s, 30))
         return ex
     return submitit.DebugExecutor(folder=folder)
@@ -155,7 +178,7 @@ def _record(p: PlannedRun, executor: str) -> dict[str, Any]:
         "model": p.resolved.model, "params": p.resolved.params, "needs": p.needs,
         "shards": p.resolved.experiment.shards, "executor": executor, "cluster": p.resources.cluster,
         "resources": vars(p.resources).copy(), "experiment_file": str(p.resolved.experiment.path),
-        "python": sys.executable,
+        "python": sys.executable, "headline_metric": p.resolved.experiment.stage_info.headline,
     }
 
 
@@ -171,10 +194,16 @@ def _check_stages_implemented(to_run: list[PlannedRun]) -> None:
         raise StageNotImplemented("; ".join(dict.fromkeys(problems)))
 
 
+class Interrupted(Exception):
+    """Ctrl-C during `submit`: the message says what became of the runs and how to go on."""
+
+
 def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -> list[PlannedRun]:
     executor = opts.executor or default_executor()
     # a dry run prints the profile's sbatch script anywhere, Slurm installed or not
     check_executor("debug" if opts.dry_run and executor == "slurm" else executor)
+    if not opts.dry_run:
+        paths.check_home()
     planned = plan(name, opts)
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
     _check_stages_implemented(to_run)  # refuse before anything is written or submitted
@@ -187,39 +216,111 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
                 say(sbatch_script(p, deps))
         return planned
     wait = opts.wait if opts.wait is not None else executor != "slurm"
+    started = time.time()
     jobs: dict[str, Any] = {}
-    for p in planned:
-        if p.action == "done":
-            say(f"{p.run_id}: already COMPLETED ({p.existing.dir})")
-            continue
-        if p.action == "active":
-            say(f"{p.run_id}: already {p.live_state} as job {', '.join(p.job_ids)}")
-            continue
-        deps = [j for n in p.resolved.experiment.needs for j in _dep_ids(planned, n)]
-        if executor != "slurm":  # no scheduler: run upstream jobs to the end first
-            for n in p.resolved.experiment.needs:
-                upstream = next(q for q in planned if q.name == n)
-                if upstream.run_id in jobs:
-                    _wait_for(jobs[upstream.run_id], upstream)
-            deps = []
-        if p.action == "resume":
-            run = p.existing
-            run.update(lambda d: d.update(state=runs.SUBMITTING, executor=executor, resources=vars(p.resources).copy()))
-        else:
-            run = runs.create(p.run_id, _record(p, executor), force=p.action == "fresh")
-        job = _submit_one(p, run, executor, deps)
-        jobs[p.run_id] = job
-        verb = {"new": "submitted", "fresh": "submitted afresh", "resume": "resubmitted (resumes)"}[p.action]
-        dep_text = f" after {', '.join(deps)}" if deps else ""
-        where = f"slurm, {p.resources.summary()}" if executor == "slurm" else executor
-        say(f"{p.run_id}: {verb} as job {', '.join(p.job_ids)}{dep_text} [{where}]")
-    for p in planned:
-        p.jobs = jobs.get(p.run_id, [])
-    if wait:
+    try:
         for p in planned:
-            if p.jobs:
-                wait_for_run(p)
+            if executor != "slurm":  # no scheduler: upstream runs end first (ours, or another command's)
+                for n in p.resolved.experiment.needs:
+                    _await_upstream(next(q for q in planned if q.name == n), jobs)
+            with runs.submission_lock(p.run_id):
+                decide(p, locked=True, since=started)
+                if p.action == "done":
+                    say(f"{p.run_id}: already COMPLETED ({p.existing.dir})")
+                    continue
+                if p.action == "active":
+                    say(f"{p.run_id}: already {p.live_state} as job {', '.join(p.job_ids)}")
+                    continue
+                deps = [j for n in p.resolved.experiment.needs for j in _dep_ids(planned, n)] if executor == "slurm" else []
+                run = _prepare_run(p, executor)
+                with _interrupt_deferred():  # a job submitted is a job recorded
+                    jobs[p.run_id] = _submit_one(p, run, executor, deps)
+            verb = {"new": "submitted", "fresh": "submitted afresh", "resume": "resubmitted (resumes)"}[p.action]
+            dep_text = f" after {', '.join(deps)}" if deps else ""
+            where = f"slurm, {p.resources.summary()}" if executor == "slurm" else executor
+            say(f"{p.run_id}: {verb} as job {', '.join(p.job_ids)}{dep_text} [{where}]")
+        for p in planned:
+            p.jobs = jobs.get(p.run_id, [])
+        if wait:
+            for p in planned:
+                if p.jobs:
+                    wait_for_run(p)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted([p for p in planned if p.run_id in jobs], executor)) from None
     return planned
+
+
+def _prepare_run(p: PlannedRun, executor: str) -> runs.Run:
+    """The run directory the job will use: created, recreated (--force: its live jobs stopped first), or reused."""
+    if p.action == "resume":
+        run = p.existing
+        run.update(lambda d: d.update(state=runs.SUBMITTING, executor=executor, resources=vars(p.resources).copy(),
+                                      headline_metric=p.resolved.experiment.stage_info.headline))
+        return run
+    if p.action == "fresh":
+        control.stop_jobs(p.existing)  # its old job must not write into the new directory
+    return runs.create(p.run_id, _record(p, executor), force=p.action == "fresh")
+
+
+def _await_upstream(upstream: PlannedRun, jobs: dict[str, Any]) -> None:
+    """Without a scheduler, wait for an upstream run to end: our own job, or one another command started."""
+    if upstream.run_id in jobs:
+        _wait_for(jobs[upstream.run_id], upstream)
+    elif upstream.action == "active":
+        while (st := status.collect([runs.get(upstream.run_id)])[0]).state in runs.ACTIVE_STATES:
+            time.sleep(1.0)
+        if st.state != runs.COMPLETED:
+            raise UserError(f"{upstream.run_id} (needed here) ended in state {st.state}: {st.detail or 'see `medminds logs ' + upstream.run_id + '`'}")
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Any:
+    """Hold a Ctrl-C until the block is done (only the main thread receives signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+def _interrupted(submitted: list[PlannedRun], executor: str) -> str:
+    """Stop what this command started here (Slurm jobs keep running) and say where each run stands."""
+    parts = []
+    for p in submitted:
+        run = runs.get(p.run_id)
+        if run is None or run.state == runs.COMPLETED:
+            continue
+        if executor == "slurm":
+            parts.append(f"{p.run_id}: stopped waiting; job {', '.join(p.job_ids)} goes on (`medminds status`, "
+                         f"`medminds cancel {p.run_id}`)")
+            continue
+        control.stop_jobs(run)
+        where = _position(run.reload())
+
+        def resumable(d: dict[str, Any]) -> None:  # not FAILED: the job was stopped, nothing went wrong
+            d.update(state=runs.CANCELLED, error=f"interrupted (Ctrl-C) {where}")
+            d.pop("traceback", None)
+
+        run.update(resumable)
+        parts.append(f"{p.run_id}: interrupted {where}; the same command resumes it")
+    return "; ".join(parts) or "interrupted; nothing was submitted"
+
+
+def _position(run: runs.Run) -> str:
+    """'at step 37 of 120 (last checkpoint: step 30)', from run.json's progress and the checkpoints on disk."""
+    from medminds_hpc.training.checkpoint import CheckpointStore
+
+    progress = (run.data.get("progress") or {}).get("0") or {}
+    step, total = progress.get("step"), progress.get("total")
+    saved = CheckpointStore(run.checkpoint_dir).all() or CheckpointStore(run.checkpoint_dir / "shard-0").all()
+    text = f"at step {step}{f' of {total}' if total else ''}" if step is not None else "before its first step"
+    return text + (f" (last checkpoint: step {saved[0].step})" if saved else " (no checkpoint yet: it starts over)")
 
 
 def _dep_ids(planned: list[PlannedRun], need: str) -> list[str]:
@@ -246,7 +347,8 @@ def _submit_one(p: PlannedRun, run: runs.Run, executor: str, deps: list[str]) ->
 
     def change(d: dict[str, Any]) -> None:
         d["job_ids"] = list(dict.fromkeys(d.get("job_ids", []) + p.job_ids))
-        d.setdefault("submissions", []).append({"job_ids": p.job_ids, "executor": executor, "at": runs.now(), "dependencies": deps})
+        d.setdefault("submissions", []).append({"job_ids": p.job_ids, "executor": executor, "at": runs.now(),
+                                                "submitted_s": time.time(), "dependencies": deps})
         if d.get("state") == runs.SUBMITTING:
             d["state"] = runs.PENDING
 

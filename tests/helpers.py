@@ -61,10 +61,28 @@ sleep_s = {sleep_s}
 '''
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str) -> list[str]:
+    """The command line of `medminds ARGS` (this checkout's code, whatever is installed)."""
+    return [sys.executable, "-m", "medminds_hpc.cli", *args]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess:
     """Run `python -m medminds_hpc.cli ...` as a user would (new process, real exit code)."""
-    return subprocess.run([sys.executable, "-m", "medminds_hpc.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    return subprocess.run(cli(*args), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+                          cwd=ROOT, **popen)
+
+
+def processes_of(run_dir: Path) -> list[int]:
+    """Live (not zombie) processes whose command line names the run directory: a local job's controller and task."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if str(run_dir) in proc.joinpath("cmdline").read_bytes().decode(errors="replace") and \
+                    proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def slurm_up() -> bool:

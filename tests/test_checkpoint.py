@@ -29,3 +29,14 @@ def test_stray_temp_directory_is_ignored(tmp_path):
     (store.root / ".tmp-step-00000009-123").mkdir()
     (store.root / ".tmp-step-00000009-123" / "state.pt").write_bytes(b"garbage")
     assert store.latest().step == 5
+
+
+def test_a_skipped_checkpoint_is_named_in_the_log_with_the_reason(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "ck", keep=3)
+    store.save(1, {"w": torch.ones(10)})
+    newest = store.save(2, {"w": torch.zeros(1000)})
+    (newest.dir / "state.pt").write_bytes((newest.dir / "state.pt").read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="medminds_hpc.training.checkpoint"):
+        assert store.latest().step == 1
+    (record,) = caplog.records
+    assert str(newest.dir) in record.getMessage() and "state.pt has 100 bytes" in record.getMessage()

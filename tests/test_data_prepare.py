@@ -202,3 +202,62 @@ def test_each_preparation_has_its_own_folder_and_a_stage_reads_the_one_it_needs(
     run = runs.create("stage-micro-00000001", {"experiment": "stage", "dataset": "micro", "needs": {"prepare": ids[0]}})
     assert StageContext(run=run).data_dir() == folders[0]
     assert StageContext(run=runs.create("stage-micro-00000002", {"experiment": "stage", "dataset": "micro"})).data_dir() is None
+
+
+# a local source's identity is its content, checked when the run is planned ----------------------------------------
+def test_missing_local_source_is_refused_at_submit(medminds_home, tmp_path):
+    from medminds_hpc import submit
+    from tests.helpers import quiet, submit_options
+
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(UserError, match=f"experiment prepare: source: {missing} is neither 'hub', 'synthetic' nor an existing"):
+        submit.submit("expert-task", submit_options(model="tiny", wait=False, overrides=[f"prepare.source={missing}"]), say=quiet)
+    assert not (medminds_home / "runs").exists() and not (medminds_home / "data").exists()
+
+
+def planned_ids(source: Path) -> dict[str, str]:
+    from medminds_hpc import submit
+    from tests.helpers import submit_options
+
+    return {p.name: p.run_id for p in submit.plan("expert-task", submit_options(model="tiny", overrides=[f"prepare.source={source}"]))}
+
+
+@needs_shared
+def test_changed_local_source_is_a_new_prepare_run_and_medminds_prepare_agrees(medminds_home, tmp_path):
+    from medminds_hpc import config
+    from medminds_hpc.stages import prepare as stage
+
+    src = tmp_path / "src"
+    (src / "medmcqa").mkdir(parents=True)
+    (src / "medmcqa" / "dev.jsonl").write_bytes((SHARED / "medmcqa" / "dev-sample.jsonl").read_bytes())
+
+    def cli_id() -> str:  # the folder `medminds prepare --source src` fills
+        return stage.run_id_for("micro", config.build(stage.Config, {"source": str(src)}, "medminds prepare"))
+
+    first = planned_ids(src)
+    assert first["prepare"] == cli_id()
+    (src / "arc").mkdir()
+    (src / "arc" / "arc.jsonl").write_bytes((SHARED / "arc" / "arc_challenge_test.jsonl").read_bytes())
+    added = planned_ids(src)
+    assert added["prepare"] != first["prepare"] and added["expert-task"] != first["expert-task"]
+    assert added["prepare"] == cli_id()
+    (src / "medmcqa" / "dev.jsonl").write_bytes((SHARED / "medmcqa" / "dev-sample.jsonl").read_bytes()[:-200])
+    replaced = planned_ids(src)
+    assert replaced["prepare"] not in (first["prepare"], added["prepare"]) and replaced["prepare"] == cli_id()
+    (src / "NOTES.md").write_text("not an input")
+    assert planned_ids(src) == replaced  # only what prepare reads counts
+
+
+def test_a_job_whose_source_changed_after_planning_stops_and_says_so(tmp_path):
+    from medminds_hpc import config
+    from medminds_hpc.stages.prepare import Config
+
+    row = {"id": "q1", "question": "Which?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1, "subject_name": "Anatomy"}
+    src = tmp_path / "medmcqa.jsonl"
+    src.write_text(json.dumps(row) + "\n")
+    planned = config.to_dict(Config(source=str(src)))
+    assert len(planned["source_fingerprint"]) == 16 and Config(source="synthetic").source_fingerprint == ""
+    assert config.build(Config, planned, "run.json params").source_fingerprint == planned["source_fingerprint"]
+    src.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "q2"}) + "\n")  # replaced: same name, new content
+    with pytest.raises(UserError, match=f"source: the files in {src} changed after this run was planned.*submit again"):
+        config.build(Config, planned, "run.json params")

@@ -1,8 +1,13 @@
+import json
+import os
+import socket
+import subprocess
 import threading
+import time
 
 import pytest
 
-from medminds_hpc import runs
+from medminds_hpc import fileio, runs
 from medminds_hpc.errors import UserError
 
 
@@ -84,3 +89,59 @@ def test_replace_dir_swaps_whole_and_recovers_from_a_kill(tmp_path):
     (tmp_path / ".out.tmp-1-3").mkdir()
     fileio.recover_swap(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "b").read_text() == "2"
+
+
+# the submission lock: O_EXCL lock files naming their holder ------------------------------------------------------
+def test_exclusive_lock_lets_one_holder_in_at_a_time(tmp_path):
+    counter, lock = tmp_path / "n", tmp_path / "x.lock"
+    counter.write_text("0")
+    inside = []
+
+    def bump():
+        for _ in range(10):
+            with fileio.exclusive(lock, poll_s=0.001):
+                inside.append(1)
+                assert len(inside) == 1  # nobody else in here
+                n = int(counter.read_text())
+                time.sleep(0.001)
+                counter.write_text(str(n + 1))
+                inside.pop()
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert counter.read_text() == "40" and not lock.exists()
+
+
+def write_lock(path, **holder):
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time(), "token": "t", **holder}))
+
+
+def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = tmp_path / "x.lock"
+    write_lock(lock, pid=dead.pid)
+    started = time.monotonic()
+    with fileio.exclusive(lock, wait_s=5):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert time.monotonic() - started < 1 and not lock.exists()
+
+
+def test_lock_held_elsewhere_is_waited_for_then_reported_and_an_old_one_taken_over(tmp_path):
+    lock = tmp_path / "x.lock"
+    write_lock(lock, host="login2", pid=4242)  # a live holder on another host: cannot be asked, only waited for
+    with pytest.raises(UserError, match=r"x\.lock is held by pid 4242 on login2; wait for that command to finish"):
+        with fileio.exclusive(lock, wait_s=0.3):
+            pass
+    assert json.loads(lock.read_text())["host"] == "login2"  # left alone
+    write_lock(lock, host="login2", pid=4242, created=time.time() - 600)  # older than any submission takes
+    with fileio.exclusive(lock, stale_after_s=300, wait_s=1):
+        assert json.loads(lock.read_text())["host"] == socket.gethostname()
+
+
+def test_a_holder_whose_lock_was_taken_over_does_not_remove_the_new_one(tmp_path):
+    lock = tmp_path / "x.lock"
+    with fileio.exclusive(lock):
+        write_lock(lock, token="someone-else")  # taken over as stale while we were slow
+    assert json.loads(lock.read_text())["token"] == "someone-else"

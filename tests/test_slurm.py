@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from medminds_hpc import runs, status, submit
-from tests.helpers import (assert_was_preempted, counter_job, preempt_victim_node, quiet, run_cli, sacct_states, settled_sacct,
-                           slurm_options as opts, state_of, step_reached, wait_for, write_job)
+from tests.helpers import (ROOT, assert_was_preempted, cli, counter_job, preempt_victim_node, quiet, run_cli, sacct_states,
+                           settled_sacct, slurm_options as opts, state_of, step_reached, wait_for, write_job)
 from tests.stages.counter import expected_value
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
@@ -185,3 +186,65 @@ def test_status_asks_sacct_once_for_all_runs(jobs_dir, monkeypatch):
     all_runs, _ = runs.list_runs()
     status.collect(all_runs)
     assert calls.count("sacct") == 1 and calls.count("squeue") <= 1
+
+
+def own_run_id() -> str:
+    """A parameter that gives these runs ids (= Slurm job names) no other test run on the shared cluster has."""
+    return f'marker = "{uuid.uuid4().hex}"\n'
+
+
+def jobs_named(name: str) -> list[str]:
+    """Every job Slurm has by this name: still queued (squeue) or already accounted (sacct)."""
+    queued = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.split()
+    accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", name, "--format=JobID"],
+                               capture_output=True, text=True).stdout.split()
+    return sorted({j.split("_")[0] for j in queued + accounted})
+
+
+def queued_named(name: str) -> list[str]:
+    return subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True).stdout.splitlines()
+
+
+def until_gone_from_squeue(*names: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while any(queued_named(n) for n in names):
+        assert time.time() < deadline, {n: queued_named(n) for n in names}
+        time.sleep(0.5)
+
+
+def test_eight_identical_submits_at_once_make_one_job_per_run_and_cancel_stops_it(jobs_dir):
+    marker = own_run_id()
+    write_job(jobs_dir, "up", counter_job(steps=600, sleep_s=0.5) + marker)
+    write_job(jobs_dir, "down", counter_job(steps=2, needs='["up"]') + marker)
+    command = cli("submit", "down", "-d", "micro", "--cluster", "dev", "--executor", "slurm")
+    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    assert all(code == 0 for _, code in outs), outs
+    said = [line for (out, _), _ in outs for line in out.splitlines()]
+    up, down = runs.find("up-micro"), runs.find("down-micro")
+    for run in (up, down):
+        assert len(run.job_ids) == 1 and jobs_named(run.id) == run.job_ids, (run.job_ids, jobs_named(run.id))
+        mine = [line for line in said if line.startswith(f"{run.id}:")]
+        assert len(mine) == 8 and sum(" submitted as job " in line for line in mine) == 1, mine
+        assert all(f" as job {run.job_ids[0]}" in line for line in mine), mine  # the losers name the winner's job
+    assert down.data["submissions"][0]["dependencies"] == up.job_ids
+    for run in (down, up):
+        proc = run_cli("cancel", run.id)
+        assert proc.returncode == 0 and f"cancelled job {run.job_ids[0]}" in proc.stdout, proc.stdout + proc.stderr
+    until_gone_from_squeue(up.id, down.id)
+    assert run_cli("cancel", up.id).stdout.strip().endswith("nothing to cancel (state CANCELLED)")
+
+
+def test_cancel_stops_every_job_the_run_recorded_array_tasks_included(jobs_dir):
+    write_job(jobs_dir, "long", counter_job(steps=600, sleep_s=0.5, extra="shards = 2") + own_run_id())
+    (p,) = submit.submit("long", opts(), say=quiet)
+    run = runs.get(p.run_id)
+    submit._submit_one(p, run, "slurm", [])  # a second submission recorded for the run (a resubmission, or a stray duplicate)
+    ids = run.reload().job_ids
+    assert len(ids) == 4 and len({j.split("_")[0] for j in ids}) == 2
+    proc = run_cli("cancel", run.id)
+    assert proc.returncode == 0 and all(j in proc.stdout for j in ids), proc.stdout + proc.stderr
+    until_gone_from_squeue(run.id)
+    bases = sorted({j.split("_")[0] for j in ids})  # tasks cancelled before they started are accounted as the array
+    assert all(set(settled_sacct(b)) == {"CANCELLED"} for b in bases), {b: sacct_states(b) for b in bases}
+    assert state_of(run.id).state == runs.CANCELLED

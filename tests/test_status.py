@@ -72,7 +72,28 @@ def test_status_table_lists_every_run_with_state_progress_and_long_elapsed(tmp_p
     proc = run_cli("status", env={"PATH": os.environ["PATH"]})
     assert proc.returncode == 0, proc.stderr
     header, rule, *rows = proc.stdout.splitlines()[1:]
-    assert header.split() == ["run", "state", "job", "elapsed", "GPU-h", "progress", "best"]
+    assert header.split() == ["run", "state", "job", "elapsed", "GPU-h", "progress", "metric"]
     assert set(rule.replace(" ", "")) == {"-"}
     assert rows[0].split() == ["y-mega-00000031", "RUNNING", "(requeued", "2x)", "31", "2-02:00:00", "50.00", "40/100"]
     assert rows[1].split() == ["z-micro-00000032", "COMPLETED"]
+
+
+def test_status_shows_each_stage_headline_metric_while_running_and_when_done():
+    from medminds_hpc import experiments
+    from medminds_hpc.context import StageContext
+
+    expert = runs.create("expert-task-micro-00000041", {"experiment": "expert-task", "dataset": "micro", "executor": "local",
+                                                         "headline_metric": "task_accuracy"})
+    ctx = StageContext(run=expert)
+    ctx.record_headline({"epoch": 1.0, "accuracy": 0.175, "task_accuracy": 0.75}, epoch=1.0)  # what the engine does per epoch
+    assert status.collect([expert.reload()])[0].headline == "task_accuracy 0.750 (epoch 1)"
+    (expert.dir / runs.METRICS_FILE).write_text('{"accuracy": 0.175, "task_accuracy": 0.99}')
+    expert.update(lambda d: d.update(state=runs.COMPLETED))
+    assert status.collect([expert])[0].headline == "task_accuracy 0.990"  # the same name when done
+    baseline = runs.create("baseline-nextword-micro-00000042", {"experiment": "baseline-nextword", "dataset": "micro"})
+    (baseline.dir / runs.METRICS_FILE).write_text('{"accuracy": 0.31}')
+    assert status.collect([baseline])[0].headline == "accuracy 0.310"
+    # what each stage declares, and submit records in run.json
+    assert experiments.load("expert-task").stage_info.headline == "task_accuracy"
+    assert experiments.load("prepare").stage_info.headline == "rows"
+    assert experiments.load("baseline-nextword").stage_info.headline == "accuracy"

@@ -1,7 +1,10 @@
 """Submitting with the local and debug executors: the same code path as Slurm, minus the scheduler."""
 
 import os
+import re
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +12,8 @@ import pytest
 
 from medminds_hpc import runs, status, submit
 from medminds_hpc.errors import UserError
-from tests.helpers import counter_job, quiet, submit_options, write_job
+from medminds_hpc.training.checkpoint import CheckpointStore
+from tests.helpers import ROOT, cli, counter_job, processes_of, quiet, run_cli, submit_options, write_job
 from tests.stages.counter import expected_value
 
 
@@ -126,3 +130,109 @@ def test_local_job_resumes_after_usr2_with_the_same_result(jobs_dir):
     assert metrics["value"] == expected_value(30)
     assert 0 < metrics["resumed_from"] < 30  # the second start resumed mid-way, not from scratch
     assert len(run.data["attempts"]) == 2
+
+
+def until(condition, timeout: float = 60, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.1)
+
+
+LOCAL = ("-d", "micro", "--cluster", "dev", "--executor", "local")
+
+
+@pytest.mark.slow
+def test_identical_submits_at_once_make_one_job_per_run(jobs_dir):
+    write_job(jobs_dir, "up", counter_job(steps=3, sleep_s=0.2))
+    write_job(jobs_dir, "down", counter_job(steps=3, needs='["up"]'))
+    said, errors, start = [], [], threading.Barrier(8)
+
+    def one() -> None:
+        start.wait()
+        try:
+            submit.submit("down", opts(wait=False), say=said.append)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    for name in ("up", "down"):
+        run = runs.find(f"{name}-micro")
+        assert len(run.job_ids) == 1 and len(run.data["submissions"]) == 1, run.data
+        mine = [line for line in said if line.startswith(run.id)]
+        assert len(mine) == 8 and sum(" submitted as job " in line for line in mine) == 1, mine
+        # the others name that job, or find the run already finished (a late thread, on a busy machine)
+        assert all(line.split(" as job ")[1].split()[0].strip(",") == run.job_ids[0] if " as job " in line
+                   else "already COMPLETED" in line for line in mine), mine
+    until(lambda: runs.find("down-micro").state == runs.COMPLETED, what="down to complete")
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_local_job_started_from_a_script_for_good(jobs_dir):
+    """A script (or nohup) starts jobs with SIGINT ignored: cancel must still end every process of the job."""
+    write_job(jobs_dir, "long", counter_job(steps=900, sleep_s=0.1))
+    proc = run_cli("submit", "long", *LOCAL, "--no-wait", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.returncode == 0, proc.stderr
+    run = runs.find("long-micro")
+    until(lambda: run.reload().data.get("progress"), what="the job's first step")
+    assert len(processes_of(run.dir)) >= 2  # the controller and the task
+    out = run_cli("cancel", run.id)
+    assert out.returncode == 0 and f"{run.id}: cancelled job {run.job_ids[0]}" in out.stdout, out.stdout + out.stderr
+    assert processes_of(run.dir) == []  # gone by the time cancel reports it
+    assert runs.get(run.id).state == runs.CANCELLED and status.collect([runs.get(run.id)])[0].state == runs.CANCELLED
+    again = run_cli("cancel", run.id)
+    assert again.returncode == 0 and "nothing to cancel (state CANCELLED)" in again.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_waiting_stops_the_job_and_the_same_command_resumes_it(jobs_dir, medminds_home):
+    write_job(jobs_dir, "slow", counter_job(steps=80, sleep_s=0.1) + "checkpoint_every_steps = 5\n")
+    command = cli("submit", "slow", *LOCAL, "--wait")
+    waiting = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    until(lambda: list(medminds_home.glob("runs/slow-*/checkpoints/step-*")), what="a first checkpoint")
+    os.killpg(waiting.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground process group
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130, out + err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, out + err
+    (line,) = err.strip().splitlines()
+    run = runs.find("slow-micro")
+    assert re.fullmatch(rf"{run.id}: interrupted at step \d+ of 80 \(last checkpoint: step \d+\); the same command resumes it", line), line
+    assert run.state == runs.CANCELLED and "interrupted (Ctrl-C) at step" in run.data["error"] and processes_of(run.dir) == []
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "resubmitted (resumes)" in again.stdout, again.stdout + again.stderr
+    metrics = run.reload().metrics()
+    assert run.state == runs.COMPLETED and metrics["value"] == expected_value(80) and metrics["resumed_from"] >= 5
+
+
+@pytest.mark.slow
+def test_force_stops_the_running_job_before_starting_afresh(jobs_dir):
+    write_job(jobs_dir, "long", counter_job(steps=900, sleep_s=0.1))
+    (p,) = submit.submit("long", opts(wait=False), say=quiet)
+    run = runs.get(p.run_id)
+    until(lambda: run.reload().data.get("progress"), what="the job's first step")
+    (again,) = submit.submit("long", opts(wait=False, force=True), say=quiet)
+    old, new = p.job_ids[0], again.job_ids[0]
+    assert again.action == "fresh" and new != old
+    assert not Path(f"/proc/{old}").exists() or Path(f"/proc/{old}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert runs.get(p.run_id).job_ids == [new]
+    submit_mod_cancel = run_cli("cancel", p.run_id)
+    assert submit_mod_cancel.returncode == 0 and processes_of(run.dir) == []
+
+
+@pytest.mark.slow
+def test_a_checkpoint_skipped_on_resume_is_named_in_the_job_log(jobs_dir):
+    write_job(jobs_dir, "count", counter_job(steps=10) + "checkpoint_every_steps = 3\nkeep_checkpoints = 3\n")
+    (p,) = submit.submit("count", opts(), say=quiet)
+    run = runs.get(p.run_id)
+    newest = CheckpointStore(run.checkpoint_dir).all()[0]
+    assert newest.step == 9
+    (newest.dir / "state.pt").write_bytes((newest.dir / "state.pt").read_bytes()[:50])
+    run.update(lambda d: d.update(state=runs.FAILED, error="node died"))
+    (again,) = submit.submit("count", opts(), say=quiet)
+    log = "".join(f.read_text() for f in run.log_dir.glob(f"{again.job_ids[0]}_*log.err"))
+    assert f"skipping checkpoint {newest.dir}: state.pt has 50 bytes" in log, log
+    metrics = run.reload().metrics()
+    assert metrics["resumed_from"] == 6 and metrics["value"] == expected_value(10)

@@ -92,6 +92,26 @@ def _local_plan(root: Path, instruct_sources: Sequence[str]) -> dict[str, list[P
     return plan
 
 
+def source_fingerprint(source: str, instruct_sources: Sequence[str]) -> str:
+    """What a local source holds, cheaply (no file is read): the relative path, size and modification time of every
+    file `prepare` would read from it. The prepare stage makes it part of its run's identity, so changed or added
+    files make a new run with its own folder, while runs finished on the old files keep theirs. "" for hub and
+    synthetic sources."""
+    if source in ("hub", "synthetic"):
+        return ""
+    root = Path(source).expanduser().absolute()
+    if not root.exists():
+        raise UserError(f"source {source!r} is neither 'hub', 'synthetic' nor an existing file or folder")
+    base = root if root.is_dir() else root.parent
+    h = hashlib.sha256()
+    for part, inputs in sorted(_local_plan(root, instruct.check_sources(list(instruct_sources))).items()):
+        for path in inputs:
+            for f in [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file()):
+                st = f.stat()
+                h.update(f"{part}\0{f.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _key(options: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
     blob = json.dumps({"options": options, "inputs": [(i["path"], i.get("sha256", "")) for i in inputs]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

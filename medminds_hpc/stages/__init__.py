@@ -67,6 +67,11 @@ class StageInfo:
         return getattr(self.load_module(), self.config)
 
     @property
+    def headline(self) -> str:
+        """The metric `medminds status` shows for the stage's runs: its module's HEADLINE, else accuracy."""
+        return getattr(self.load_module(), "HEADLINE", "accuracy")
+
+    @property
     def implemented(self) -> bool:
         return callable(getattr(self.load_module(), self.run, None))
 

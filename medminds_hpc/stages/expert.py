@@ -32,6 +32,8 @@ class Config(TrainOptions):
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adamw_8bit"
 
 
+HEADLINE = "task_accuracy"  # held-out accuracy on its own training task: the number that says the expert learned
+
 
 def split_holdout(rows: list[dict[str, Any]], n: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(holdout, train): `n` rows drawn by a seeded shuffle, so the held-out slice spans every source and split

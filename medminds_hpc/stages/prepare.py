@@ -2,7 +2,9 @@
 
 Each preparation (source, split, seed, ...) has its own folder, named after its run, and every stage reads the
 folder of the prepare run it needs: preparing another source for the same size can never change the data under
-a finished or a preempted run. The work is `medminds_hpc.data.prepare.prepare`; this module stays light (the CLI
+a finished or a preempted run. A local source's identity is its content too (each file's path, size and mtime,
+taken when the run is planned), so adding or replacing files makes a new prepare run rather than reusing a
+folder made from the old files; a job whose source changed after it was planned stops and says so. The work is `medminds_hpc.data.prepare.prepare`; this module stays light (the CLI
 imports it without loading `datasets`, `pyarrow` or `pandas`).
 """
 
@@ -18,6 +20,7 @@ from medminds_hpc.training.options import doc
 
 EXPERIMENT = "prepare"
 CARD_FILE = "card.json"  # a copy of the data folder's card, kept with the run
+HEADLINE = "rows"  # rows written, all files together: what `medminds status` shows for a prepare run
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Config:
     instruct: list[str] = field(default_factory=lambda: ["mistral-instruct"],
                                 metadata=doc("domain-expert data: any of mistral-instruct (the paper's), wikidoc, medquad"))
     force: bool = field(default=False, metadata=doc("rebuild even when the folder's card.json says it is up to date"))
+    source_fingerprint: str = field(default="", metadata=doc(
+        "set when the run is planned: the local source's files (path, size, mtime); changed files make a new run"))
 
     def __post_init__(self) -> None:
         from medminds_hpc.data.instruct import SOURCES  # light: the data loaders import datasets lazily
@@ -43,8 +48,31 @@ class Config:
         unknown = [s for s in self.instruct if s not in SOURCES]
         if unknown or not self.instruct:
             problems.append(f"instruct: unknown source(s) {unknown or '(none given)'}; valid: {', '.join(SOURCES)}")
+        if not problems:
+            problems += self._check_source()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _check_source(self) -> list[str]:
+        """Fill in the fingerprint of a local source (planning), or check it still holds (in the job)."""
+        if self.source in ("hub", "synthetic"):
+            self.source_fingerprint = ""
+            return []
+        if not os.path.exists(self.source):
+            return [f"source: {self.source} is neither 'hub', 'synthetic' nor an existing file or folder; give a MedMCQA "
+                    "file or a folder laid out like shared/data"]
+        from medminds_hpc.data.prepare import source_fingerprint
+        from medminds_hpc.errors import UserError
+
+        try:
+            current = source_fingerprint(self.source, self.instruct)
+        except UserError as e:
+            return [f"source: {e}"]
+        if self.source_fingerprint and self.source_fingerprint != current:
+            return [f"source: the files in {self.source} changed after this run was planned (fingerprint "
+                    f"{self.source_fingerprint}, now {current}); submit again: the new files get a prepare run of their own"]
+        self.source_fingerprint = current
+        return []
 
 
 def run_id_for(dataset: str, cfg: Config) -> str:
@@ -64,6 +92,7 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
                    say=lambda message: print(message, flush=True))
     ctx.write_json(CARD_FILE, card)
     result: dict[str, Any] = {f"rows_{name}": info["rows"] for name, info in card.get("splits", {}).items()}
+    result[HEADLINE] = sum(result.values())
     result["up_to_date"] = bool(card.get("up_to_date"))
     result["warnings"] = len(card.get("warnings", []))
     return result

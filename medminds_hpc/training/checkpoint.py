@@ -3,12 +3,13 @@
 A checkpoint is `step-00000123/` with `state.pt` and `manifest.json` (sizes and sha256 of every file). It is
 written under a temporary name and renamed when complete, so a kill mid-write leaves at worst a stray temp
 directory; a directory whose files do not match its manifest (a truncated copy, a disk error) is skipped in
-favour of the previous one.
+favour of the previous one, with a warning in the job log naming it and why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from medminds_hpc import fileio
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "state.pt"
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,22 +89,36 @@ class CheckpointStore:
         return sorted(out, key=lambda c: c.step, reverse=True)
 
     @staticmethod
-    def is_valid(ckpt: Checkpoint) -> bool:
+    def problem(ckpt: Checkpoint) -> str | None:
+        """Why the checkpoint's files do not match its manifest (None: they do)."""
         try:
             manifest = fileio.read_json(ckpt.dir / MANIFEST)
+        except FileNotFoundError:
+            return f"no {MANIFEST} (never committed)"
+        except (OSError, json.JSONDecodeError) as e:
+            return f"unreadable {MANIFEST} ({e})"
+        try:
             for name, info in manifest["files"].items():
                 p = ckpt.dir / name
-                if p.stat().st_size != info["size"] or fileio.sha256_file(p) != info["sha256"]:
-                    return False
-            return manifest.get("step") == ckpt.step
-        except (OSError, KeyError, TypeError, json.JSONDecodeError):
-            return False
+                if not p.is_file():
+                    return f"{name} is missing"
+                if p.stat().st_size != info["size"]:
+                    return f"{name} has {p.stat().st_size} bytes, its manifest says {info['size']} (cut short?)"
+                if fileio.sha256_file(p) != info["sha256"]:
+                    return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
+            if manifest.get("step") != ckpt.step:
+                return f"{MANIFEST} is for step {manifest.get('step')}, not {ckpt.step}"
+        except (OSError, KeyError, TypeError, AttributeError) as e:
+            return f"malformed {MANIFEST} ({type(e).__name__}: {e})"
+        return None
 
     def latest(self) -> Checkpoint | None:
-        """The newest checkpoint whose files match its manifest."""
+        """The newest checkpoint whose files match its manifest; each one skipped is named in the log."""
         for ckpt in self.all():
-            if self.is_valid(ckpt):
+            why = self.problem(ckpt)
+            if why is None:
                 return ckpt
+            log.warning("skipping checkpoint %s: %s; an older one (or the start) is used instead", ckpt.dir, why)
         return None
 
     def _prune(self) -> None:

@@ -190,6 +190,7 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             model.train(was_training)
             record = {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             ctx.log({"eval": True, **record})
+            ctx.record_headline(record, record["epoch"])
             acc = metrics.get("accuracy")
             if acc is not None and (self.best is None or acc > self.best["accuracy"]):
                 self.best = {"accuracy": acc, "epoch": record["epoch"], "step": state.global_step}
