@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -255,7 +256,7 @@ def test_a_job_whose_source_changed_after_planning_stops_and_says_so(tmp_path):
     row = {"id": "q1", "question": "Which?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1, "subject_name": "Anatomy"}
     src = tmp_path / "medmcqa.jsonl"
     src.write_text(json.dumps(row) + "\n")
-    planned = config.to_dict(Config(source=str(src)))
+    planned = dataclasses.asdict(Config(source=str(src)))
     assert len(planned["source_fingerprint"]) == 16 and Config(source="synthetic").source_fingerprint == ""
     assert config.build(Config, planned, "run.json params").source_fingerprint == planned["source_fingerprint"]
     src.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "q2"}) + "\n")  # replaced: same name, new content

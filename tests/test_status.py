@@ -87,13 +87,16 @@ def test_status_shows_each_stage_headline_metric_while_running_and_when_done():
     ctx = StageContext(run=expert)
     ctx.record_headline({"epoch": 1.0, "accuracy": 0.175, "task_accuracy": 0.75}, epoch=1.0)  # what the engine does per epoch
     assert status.collect([expert.reload()])[0].headline == "task_accuracy 0.750 (epoch 1)"
-    (expert.dir / runs.METRICS_FILE).write_text('{"accuracy": 0.175, "task_accuracy": 0.99}')
+    (expert.dir / "metrics.json").write_text('{"accuracy": 0.175, "task_accuracy": 0.99}')
     expert.update(lambda d: d.update(state=runs.COMPLETED))
     assert status.collect([expert])[0].headline == "task_accuracy 0.990"  # the same name when done
     baseline = runs.create("baseline-nextword-micro-00000042", {"experiment": "baseline-nextword", "dataset": "micro"})
-    (baseline.dir / runs.METRICS_FILE).write_text('{"accuracy": 0.31}')
+    (baseline.dir / "metrics.json").write_text('{"accuracy": 0.31}')
     assert status.collect([baseline])[0].headline == "accuracy 0.310"
     # what each stage declares, and submit records in run.json
     assert experiments.load("expert-task").stage_info.headline == "task_accuracy"
     assert experiments.load("prepare").stage_info.headline == "rows"
     assert experiments.load("baseline-nextword").stage_info.headline == "accuracy"
+    prepared = runs.create("prepare-micro-00000043", {"experiment": "prepare", "dataset": "micro", "headline_metric": "rows"})
+    prepared.update(lambda d: d.update(state=runs.COMPLETED, results={"0": {"rows": 12500, "up_to_date": False}}))
+    assert status.collect([prepared])[0].headline == "rows 12,500"  # what the stage returned (prepare writes no metrics.json)
