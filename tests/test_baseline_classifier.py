@@ -45,6 +45,7 @@ def mixed_rows() -> list[dict]:
     return [long, middle, short]
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_rule_and_saves_head_and_lora():
     prepare_synthetic()
     ctx = stage_ctx("baseline-classifier-mistral-micro-00000001")
@@ -151,6 +152,7 @@ def test_expert_is_merged_or_stacked_with_the_same_result():
     np.testing.assert_allclose(to_probs(head_logits(stacked, tok, rows)), to_probs(letter_logprobs(expert_lm, tok, rows)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_lora_and_head_only_and_best_can_be_kept():
     from safetensors.torch import load_file
 
@@ -170,6 +172,7 @@ def test_checkpoints_hold_lora_and_head_only_and_best_can_be_kept():
     assert sum(t.numel() for t in state.values()) < 0.5 * base_numel
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_equals_uninterrupted():
     prepare_synthetic()
     cfg = fast(max_train_rows=96, epochs=2.0, eval_rows=64, checkpoint_every_steps=4)  # 6 steps per epoch, LoRA dropout on
@@ -184,7 +187,7 @@ def test_stopped_and_resumed_equals_uninterrupted():
     resumed = stage_ctx("baseline-classifier-mistral-micro-00000004", checkpoint_every_steps=4)  # the requeued job
     run_classifier(resumed, cfg)
 
-    timing = {"train_seconds", "eval_seconds", "classifier"}
+    timing = {"train_seconds", "eval_seconds", "classifier", "run"}  # "run": which run wrote it
     want = {k: v for k, v in json.loads((ref.run_dir / "metrics.json").read_text()).items() if k not in timing}
     got = {k: v for k, v in json.loads((resumed.run_dir / "metrics.json").read_text()).items() if k not in timing}
     assert got == want

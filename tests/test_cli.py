@@ -171,6 +171,7 @@ def test_unreadable_run_directory(medminds_home):
     assert_user_error(run_cli("logs", "exp-micro-deadbeef"), "unreadable run record")
 
 
+@pytest.mark.slow
 def test_submit_status_logs_cancel_end_to_end_local(jobs_dir, medminds_home):
     write_job(jobs_dir, "count", counter_job(steps=3))
     p = run_cli("submit", "count", "-d", "micro", "--executor", "local", "--cluster", "dev")

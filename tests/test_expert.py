@@ -112,6 +112,7 @@ def test_task_expert_learns_and_its_adapter_reloads(micro_data):
     assert not torch.allclose(torch.tensor(before), torch.tensor(after))
 
 
+@pytest.mark.slow
 def test_domain_expert_learns_its_answers(micro_data):
     cfg = small("medical-instruct", epochs=2.0, max_train_rows=320, learning_rate=1e-2, max_length=96)
     run_stage("expert-domain-micro-00000001", cfg)
@@ -120,6 +121,7 @@ def test_domain_expert_learns_its_answers(micro_data):
     assert epochs[-1]["task_accuracy"] >= 0.3, epochs
 
 
+@pytest.mark.slow
 def test_expert_resumes_exactly(micro_data):
     cfg = small(epochs=1.0, max_train_rows=320)
     reference = run_stage("expert-task-micro-0000000a", cfg)

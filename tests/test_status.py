@@ -5,6 +5,8 @@ import os
 import stat
 import time
 
+import pytest
+
 from medminds_hpc import control, runs, status, submit
 from tests.helpers import counter_job, quiet, run_cli, submit_options, write_job
 
@@ -47,6 +49,7 @@ def test_slurm_run_state_comes_from_the_scheduler_unless_the_job_recorded_an_end
     assert status.collect([run])[0].state == runs.COMPLETED
 
 
+@pytest.mark.slow
 def test_follow_logs_until_the_local_job_ends(jobs_dir):
     write_job(jobs_dir, "count", counter_job(steps=6, sleep_s=0.3).replace("[params]", "[params]\nmarker = \"hello\""))
     (p,) = submit.submit("count", submit_options(wait=False), say=quiet)

@@ -95,7 +95,7 @@ def test_failing_stage_marks_the_run_failed_with_the_reason(jobs_dir):
 
 
 def test_unimplemented_stage_is_refused_before_anything_is_written(medminds_home):
-    with pytest.raises(UserError, match="^experiment moe-linear: stage 'moe' is not implemented yet"):
+    with pytest.raises(UserError, match="^experiment moe-linear: stage 'moe' has a config but no run function yet"):
         submit.submit("moe-linear", opts(model="tiny"), say=quiet)
     assert not (medminds_home / "runs").exists()
 
@@ -109,6 +109,7 @@ def test_dry_run_prints_the_script_and_writes_nothing(jobs_dir, medminds_home):
     assert not (medminds_home / "runs").exists()
 
 
+@pytest.mark.slow
 def test_local_job_resumes_after_usr2_with_the_same_result(jobs_dir):
     """The real signal path: USR2 to the job process -> save at the step boundary -> requeue -> resume."""
     write_job(jobs_dir, "slow", counter_job(steps=30, sleep_s=0.1))

@@ -79,6 +79,7 @@ def final_weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.slow
 def test_learns_and_keeps_the_best(medminds_home):
     model = tiny_classifier()
     outcome = train(make_ctx("learn-micro-00000001"), plan_for(model, epochs=10.0))
@@ -105,6 +106,7 @@ def test_checkpoints_hold_trainable_state_only(medminds_home):
     assert any(p.name.startswith("rng_state") for p in ckpt.dir.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["none", "hard-kill", "truncated"])
 def test_interrupted_and_resumed_equals_uninterrupted(medminds_home, damage):
     reference = tiny_classifier()
@@ -135,6 +137,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(medminds_home, damage):
     assert [h["accuracy"] for h in outcome.history] == [h["accuracy"] for h in ref_outcome.history]
 
 
+@pytest.mark.slow
 def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(medminds_home):
     reference = tiny_classifier()
     ref_outcome = train(make_ctx("ref-micro-00000002"), plan_for(reference))
