@@ -17,7 +17,7 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.modeling.lora import checkpointing_wanted, enable_gradient_checkpointing, is_checkpointing
 from medminds_hpc.training.options import TrainOptions
 from medminds_hpc.training.peak_memory import forward_memory, train_step_memory
-from tests.helpers import ROOT, quiet, run_cli, submit_options, tiny_lora, tiny_loss
+from tests.helpers import ROOT, quiet, run_cli, run_expert, slurm_options, small_expert, submit_options, tiny_lora, tiny_loss
 
 TOLERANCE = 0.25
 
@@ -203,6 +203,30 @@ def test_the_trainer_turns_it_on_from_the_options_and_trains_alike(head, tmp_pat
         torch.testing.assert_close(after[True][name], value, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_expert_stage_checkpoints_on_request_and_ends_with_the_same_adapter(medminds_home, monkeypatch):
+    """The real stage (trl's SFTTrainer through the engine): -o gradient_checkpointing=true reaches the model and
+    changes nothing but memory."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedModel
+
+    from medminds_hpc.data.prepare import prepare
+
+    prepare("micro", source="synthetic", say=quiet)
+    calls = []
+    enable = PreTrainedModel.activation_checkpointing_enable
+    monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable", lambda self, *a, **kw: (calls.append(kw), enable(self, *a, **kw))[1])
+    adapters = {}
+    for on in (False, True):
+        run_id = f"expert-task-micro-0000000{int(on)}"
+        run_expert(run_id, small_expert(gradient_checkpointing=on, max_steps=3, max_train_rows=48, eval_rows=8, holdout_rows=8))
+        adapters[on] = load_file(str(medminds_home / "runs" / run_id / "artifacts" / "adapter" / "adapter_model.safetensors"))
+        assert len(calls) == int(on)
+    assert calls[0]["activation_checkpointing_kwargs"] == {"use_reentrant": False}
+    for name, value in adapters[False].items():
+        torch.testing.assert_close(adapters[True][name], value, rtol=1e-4, atol=1e-6)
+
+
 def test_add_lora_can_decide_on_the_spot():
     assert is_checkpointing(tiny_lora_with(gradient_checkpointing=True))
     assert not is_checkpointing(tiny_lora_with(gradient_checkpointing=None))  # left to the Trainer
@@ -272,6 +296,20 @@ def test_a_run_too_big_for_its_gpu_is_refused_before_anything_is_written(small_g
     message = str(e.value)
     assert message.startswith("expert-task-micro-") and "\n" not in message
     assert "more than the 1 GiB of a v100" in message and "-o resources.gpu=rtx8000 (48 GiB)" in message
+    assert not (medminds_home / "runs").exists()
+
+
+@pytest.mark.slurm
+def test_refused_on_the_real_cluster_before_sbatch(small_gpu_profile, medminds_home):
+    import time
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
+    names = {p.run_id for p in submit.plan("expert-task", slurm_options(cluster=str(small_gpu_profile)))}  # prepare + expert
+    with pytest.raises(UserError, match="^expert-task-micro-"):
+        submit.submit("expert-task", slurm_options(cluster=str(small_gpu_profile)), say=quiet)
+    queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout.split()
+    accounted = subprocess.run(["sacct", "-n", "-X", "-o", "JobName%80", "-S", since], capture_output=True, text=True).stdout.split()
+    assert not names & set(queued + accounted)
     assert not (medminds_home / "runs").exists()
 
 
