@@ -219,10 +219,11 @@ def test_the_expert_stage_checkpoints_on_request_and_ends_with_the_same_adapter(
     adapters = {}
     for on in (False, True):
         run_id = f"expert-task-micro-0000000{int(on)}"
+        before = len(calls)
         run_expert(run_id, small_expert(gradient_checkpointing=on, max_steps=3, max_train_rows=48, eval_rows=8, holdout_rows=8))
         adapters[on] = load_file(str(medminds_home / "runs" / run_id / "artifacts" / "adapter" / "adapter_model.safetensors"))
-        assert len(calls) == int(on)
-    assert calls[0]["activation_checkpointing_kwargs"] == {"use_reentrant": False}
+        assert (len(calls) > before) is on
+    assert all(kw["activation_checkpointing_kwargs"] == {"use_reentrant": False} for kw in calls)
     for name, value in adapters[False].items():
         torch.testing.assert_close(adapters[True][name], value, rtol=1e-4, atol=1e-6)
 

@@ -63,8 +63,8 @@ def add_lora(model: Any, *, r: int, alpha: int, dropout: float, seed: int, targe
              gradient_checkpointing: bool | None = None) -> Any:
     """Wrap `model` with a fresh LoRA (seeded init) and return the PeftModel; only LoRA (and modules_to_save) train.
 
-    gradient_checkpointing: None leaves it to the Trainer (the training arguments say whether); True or False
-    decides now, for code that trains without the engine. unsloth always uses its own checkpointing unless False.
+    gradient_checkpointing: True or False decides now (the only way to reach unsloth, which checkpoints its own
+    way); None leaves it to the Trainer, which turns it on when the training arguments say so.
     """
     import torch
 

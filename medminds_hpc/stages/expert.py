@@ -100,7 +100,7 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc import fileio
     from medminds_hpc.data.prepare import load_prepared
     from medminds_hpc.modeling.loading import load_model
-    from medminds_hpc.modeling.lora import add_lora
+    from medminds_hpc.modeling.lora import add_lora, checkpointing_wanted
     from medminds_hpc.training import engine, metrics
 
     source = "arc_train" if cfg.data == "arc" else "instruct_train"
@@ -114,7 +114,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
         val_rows = val_rows[: cfg.eval_rows]
 
     base, tokenizer = load_model(ctx.model)
-    model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+    model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed,
+                     gradient_checkpointing=checkpointing_wanted(cfg.gradient_checkpointing))  # unsloth decides it here
     plan = engine.TrainPlan(
         model=model,
         train_dataset=training_rows(cfg, train_rows, tokenizer),
