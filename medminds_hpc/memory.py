@@ -38,7 +38,7 @@ preparation upcasts embeddings and norms to fp32, and 4-bit layers return their 
 With checkpointing only each layer's input survives the forward, and the backward recomputes one layer at a time:
 for Mistral-7B at 16 x 256 tokens that is ~2 GiB instead of ~37 GiB of activations.
 
-    python -c "from medminds_hpc import memory; print(memory.workload_for('expert', {}, 'mistral-7b-instruct'))"
+    python -c "from medminds_hpc import memory as m; print(m.estimate(m.workload_for('expert', {}, 'mistral-7b-instruct')).describe())"
     python benchmarks/memory_estimate.py      # estimates beside measured peaks, and the paper's runs per GPU type
 """
 
