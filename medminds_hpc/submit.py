@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from medminds_hpc import clusters, compat, control, experiments, localjobs, paths, runs, status
+from medminds_hpc import clusters, compat, control, experiments, localjobs, memory, paths, runs, status
 from medminds_hpc.errors import StageNotImplemented, UserError
 
 Executor = Literal["slurm", "local", "debug"]
@@ -54,6 +54,7 @@ class PlannedRun:
     job_ids: list[str] = field(default_factory=list)
     jobs: list[Any] = field(default_factory=list)
     force: bool = False  # start afresh (--force, for the command's own experiment)
+    memory: memory.Fit | None = None  # the GPU memory estimate beside the GPU type's memory_gb
 
     @property
     def name(self) -> str:
@@ -91,6 +92,8 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
                                            where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
         run_id = runs.make_run_id(exp_name, opts.dataset, resolved.identity(needs))
         p = PlannedRun(resolved, resources, run_id, needs, None, "new", force=top and opts.force)
+        p.memory = memory.for_run(exp_name, run_id, exp.stage, resolved.params, resolved.model, resources.gpu,
+                                  {n: g.memory_gb for n, g in profile.gpus.items()})
         decide(p)
         by_name[exp_name] = p
         ordered.append(p)
@@ -207,11 +210,14 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
     planned = plan(name, opts)
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
     _check_stages_implemented(to_run)  # refuse before anything is written or submitted
+    memory.refuse_overfull([p.memory for p in to_run], top=name)  # likewise: a run that cannot fit its GPU
     if opts.dry_run:
         for p in planned:
             deps = [j for n in p.resolved.experiment.needs for j in _dep_ids(planned, n)]
             say(f"# {p.run_id}: {p.action} ({p.resources.summary()})")
             say(f"# config: {p.resolved.params}")
+            if p.memory is not None:
+                say(f"# GPU memory: {p.memory.describe()}")
             if p.action in ("new", "fresh", "resume"):
                 say(sbatch_script(p, deps))
         return planned

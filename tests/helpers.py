@@ -241,3 +241,33 @@ def assert_was_preempted(run: submit.PlannedRun, hog: str) -> None:
 def step_reached(run_id: str, at_least: int) -> bool:
     prog = runs.get(run_id).data.get("progress", {}).get("0", {})
     return (prog.get("step") or 0) >= at_least
+
+
+# GPU memory ---------------------------------------------------------------------------------------------------
+def tiny_lora(name: str = "tiny", *, head: str = "lm", dropout: float = 0.0, base: Any = None) -> Any:
+    """`name` (built in memory with the built-in tokenizer, or `base` as loaded) + a fresh LoRA r=16 on all seven
+    projections; head="classes" puts the 4-way classifier head on it."""
+    from medminds_hpc.modeling import tiny, tokenizer
+    from medminds_hpc.modeling.heads import LastTokenClassifier
+    from medminds_hpc.modeling.loading import REGISTRY
+    from medminds_hpc.modeling.lora import add_lora
+
+    if base is None:
+        base = tiny.build(REGISTRY[name].tiny, tokenizer.load_tokenizer_from(tokenizer.BUILTIN))
+    model = add_lora(base, r=16, alpha=16, dropout=dropout, seed=0)
+    return LastTokenClassifier(model, seed=0) if head == "classes" else model
+
+
+def tiny_loss(model: Any, head: str, batch: int, length: int) -> Any:
+    """A loss function of the model on a fixed right-padded batch (the first row half padding), as the stages train."""
+    import torch
+
+    config = model.config
+    ids = torch.randint(4, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0
+    if head == "classes":
+        labels = torch.arange(batch) % 4
+        return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels)["loss"]
+    labels = ids.masked_fill(mask == 0, -100)
+    return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels).loss

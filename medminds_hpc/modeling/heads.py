@@ -101,6 +101,14 @@ class LastTokenClassifier(nn.Module):
                 self.score.weight.copy_(torch.empty(num_choices, hidden).uniform_(-bound, bound, generator=g))
             self.score.bias.zero_()
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: Any) -> None:
+        """How the Trainer turns gradient checkpointing on (TrainOptions.gradient_checkpointing): in the LM inside."""
+        from medminds_hpc.modeling.lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(self.lm, activation_checkpointing_kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the name transformers < 5 calls
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hidden = last_hidden(self.lm, input_ids, attention_mask)

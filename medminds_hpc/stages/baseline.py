@@ -169,10 +169,11 @@ def _stack_lora(base: Any, expert_name: str, expert_path: Path, cfg: ClassifierC
     from peft import LoraConfig, prepare_model_for_kbit_training
 
     from medminds_hpc.modeling.adapters import attach_adapters
-    from medminds_hpc.modeling.lora import ALL_PROJECTIONS, is_quantized
+    from medminds_hpc.modeling.lora import ALL_PROJECTIONS, NON_REENTRANT, checkpointing_wanted, is_quantized
 
     if is_quantized(base):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing_wanted(cfg.gradient_checkpointing),
+                                               gradient_checkpointing_kwargs=dict(NON_REENTRANT))
     model = attach_adapters(base, {expert_name: expert_path})  # frozen
     torch.manual_seed(cfg.seed)
     model.add_adapter(TRAINABLE_LORA, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

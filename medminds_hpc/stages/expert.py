@@ -132,7 +132,7 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc import artifacts, fileio
     from medminds_hpc.data.prepare import load_prepared
     from medminds_hpc.modeling.loading import load_model
-    from medminds_hpc.modeling.lora import add_lora
+    from medminds_hpc.modeling.lora import add_lora, checkpointing_wanted
     from medminds_hpc.training import engine, metrics
 
     source = "arc_train" if cfg.data == "arc" else "instruct_train"
@@ -145,7 +145,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
         val_rows = val_rows[: cfg.eval_rows]
 
     base, tokenizer = load_model(ctx.model)
-    model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
+    model = add_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed,
+                     gradient_checkpointing=checkpointing_wanted(cfg.gradient_checkpointing))  # unsloth decides it here
     train_dataset, sft_counts = training_rows(cfg, train_rows, tokenizer)
     print(f"SFT examples at max_length {cfg.max_length}: {sft_counts['kept']:,} of {sft_counts['rows']:,} rows kept, "
           f"{sft_counts['dropped_prompt_too_long']:,} dropped (prompt alone too long), "

@@ -84,12 +84,19 @@ def resolve_optimizer(name: str) -> str:
 
 
 def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any = None, **extra: Any) -> Any:
+    import dataclasses
+
     from transformers import TrainingArguments
 
     from medminds_hpc.modeling.gpu import cuda_available, pick_precision
+    from medminds_hpc.modeling.lora import NON_REENTRANT, checkpointing_wanted
 
+    args_class = args_class or TrainingArguments
     precision = pick_precision(options.precision)
     micro_batch = max(1, options.batch_size // max(1, options.grad_accum))
+    # the Trainer turns it on in the model it trains; transformers < 5 calls the flag gradient_checkpointing
+    checkpointing = checkpointing_wanted(options.gradient_checkpointing)
+    flag = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(args_class)} else "gradient_checkpointing"
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
@@ -116,9 +123,10 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **{flag: checkpointing, f"{flag}_kwargs": dict(NON_REENTRANT) if checkpointing else None},
     )
     kwargs.update(extra)
-    return (args_class or TrainingArguments)(**kwargs)
+    return args_class(**kwargs)
 
 
 def resumable(trainer_class: Any, ctx: StageContext) -> Any:

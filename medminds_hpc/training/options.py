@@ -24,6 +24,9 @@ class TrainOptions:
     max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0: no limit)"))
     seed: int = field(default=3407, metadata=doc("seed for init, shuffling and dropout"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=doc("auto: bf16 on Ampere+, fp16 on older CUDA, fp32 on CPU"))
+    gradient_checkpointing: Literal["auto"] | bool = field(default="auto", metadata=doc(
+        "recompute each layer in the backward instead of keeping its activations: ~25% slower, a fraction of the "
+        "memory; auto: on when training on CUDA, off on CPU; false: off (submit refuses a run that no longer fits)"))
     checkpoint_every_steps: int = field(default=200, metadata=doc("save trainable state every N steps ..."))
     checkpoint_every_minutes: float = field(default=20.0, metadata=doc("... or every M minutes, whichever comes first"))
     keep_checkpoints: int = field(default=2, metadata=doc("checkpoints kept on disk (newest first)"))
