@@ -73,10 +73,14 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _choices(tp: Any) -> list[Any]:
-    """The valid values of a Literal field (also inside `X | None`), else []."""
+    """The valid values of a Literal field (also inside `X | None` or `Literal[...] | bool`), else []."""
     if typing.get_origin(tp) is Literal:
         return list(typing.get_args(tp))
-    return [c for arg in typing.get_args(tp) for c in _choices(arg)]
+    if tp is bool:
+        return [True, False]
+    args = typing.get_args(tp)
+    literal = [c for arg in args for c in _choices(arg) if typing.get_origin(arg) is Literal]
+    return [c for arg in args for c in _choices(arg)] if literal else []
 
 
 def field_help(cls: type) -> dict[str, str]:

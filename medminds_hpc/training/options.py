@@ -19,7 +19,7 @@ class TrainOptions:
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = field(default="adamw", metadata=doc("adamw_8bit needs CUDA + bitsandbytes; falls back to adamw on CPU"))
     batch_size: int = field(default=16, metadata=doc("examples per optimizer step (after accumulation)"))
     grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
-    max_length: int = field(default=256, metadata=doc("tokens per example; longer rows are truncated from the left"))
+    max_length: int = field(default=256, metadata=doc("tokens per example: a training example keeps its whole prompt and loses the end of its answer; a scored prompt loses its start"))
     epochs: float = field(default=1.0, metadata=doc("passes over the training split"))
     max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0: no limit)"))
     seed: int = field(default=3407, metadata=doc("seed for init, shuffling and dropout"))
