@@ -92,7 +92,7 @@ def test_array_of_four(jobs_dir):
     wait_for(p.run_id, {runs.COMPLETED})
     run = runs.get(p.run_id)
     assert run.data["shards_done"] == [0, 1, 2, 3]
-    assert sorted(json.loads((run.dir / f"metrics-shard{i}.json").read_text())["shard"] for i in range(4)) == [0, 1, 2, 3]
+    assert [run.result(i)["shard"] for i in range(4)] == [0, 1, 2, 3] and len({run.result(i)["value"] for i in range(4)}) == 1
     assert all(settled_sacct(j) == ["COMPLETED"] for j in p.job_ids)
 
 

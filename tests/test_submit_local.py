@@ -204,7 +204,7 @@ def test_ctrl_c_while_waiting_stops_the_job_and_the_same_command_resumes_it(jobs
     assert run.state == runs.CANCELLED and "interrupted (Ctrl-C) at step" in run.data["error"] and processes_of(run.dir) == []
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "resubmitted (resumes)" in again.stdout, again.stdout + again.stderr
-    metrics = run.reload().metrics()
+    metrics = run.reload().result()
     assert run.state == runs.COMPLETED and metrics["value"] == expected_value(80) and metrics["resumed_from"] >= 5
 
 
@@ -235,5 +235,5 @@ def test_a_checkpoint_skipped_on_resume_is_named_in_the_job_log(jobs_dir):
     (again,) = submit.submit("count", opts(), say=quiet)
     log = "".join(f.read_text() for f in run.log_dir.glob(f"{again.job_ids[0]}_*log.err"))
     assert f"skipping checkpoint {newest.dir}: state.pt has 50 bytes" in log, log
-    metrics = run.reload().metrics()
+    metrics = run.reload().result()
     assert metrics["resumed_from"] == 6 and metrics["value"] == expected_value(10)
