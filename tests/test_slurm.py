@@ -151,9 +151,9 @@ def test_partition_preemption_resumes(jobs_dir):
 
 
 def test_time_out_requeues_and_resumes(jobs_dir):
-    """A 2-minute limit with USR2 30 s before it; 150 s of work cannot fit in one allocation."""
-    steps = 300
-    write_job(jobs_dir, "timed", counter_job(steps=steps, sleep_s=0.5, resources='[resources.micro]\ntime = "00:02:00"'))
+    """A 1-minute limit with USR2 30 s before it; 70 s of work cannot fit in one allocation."""
+    steps = 140
+    write_job(jobs_dir, "timed", counter_job(steps=steps, sleep_s=0.5, resources='[resources.micro]\ntime = "00:01:00"'))
     (p,) = submit.submit("timed", opts(), say=quiet)
     wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
     data = _assert_resumed_exactly(p.run_id, steps)
