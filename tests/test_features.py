@@ -18,7 +18,7 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import features
 from medminds_hpc.modeling.heads import decoder_of
 from medminds_hpc.modeling.loading import load_model
-from tests.helpers import make_expert
+from tests.helpers import MISTRAL_TOKENIZER, make_expert, require_shared_data
 
 ROWS = medmcqa_rows(10, seed=0, split="validation")
 RPS = 3  # rows per shard: 10 rows -> 4 shards, the last one short
@@ -164,6 +164,19 @@ def test_experts_with_different_tokenizers_are_refused(tmp_path):
                                         r"\(tokenizer tiny-bbbb\).*MEDMINDS_TOKENIZER"):
         features.check_same_base([a, b])
     features.check_same_base([a, features.ExpertInfo("domain", "d", "tiny", "tiny-aaaa", tmp_path, "1" * 64)])
+
+
+def test_experts_with_another_tiny_tokenizer_are_refused(experts, home, tmp_path, monkeypatch):
+    require_shared_data(MISTRAL_TOKENIZER)
+    domain = make_expert("domain", seed=3)  # built-in tokenizer, like the task expert
+    monkeypatch.setenv("MEDMINDS_TOKENIZER", str(MISTRAL_TOKENIZER))
+    task = make_expert("task", seed=4)  # the real Mistral tokenizer
+    with pytest.raises(UserError, match=rf"experts {task.id} \(tokenizer tiny-\w+\) and {domain.id} \(tokenizer "
+                                        rf"tiny-\w+\) of model 'tiny' were trained with different tokenizers"):
+        features.ensure(tmp_path / "cache", {"task": task, "domain": domain}, ROWS, split="validation")
+    with pytest.raises(UserError, match=r"builds here as tiny-\w+ \(another tokenizer\): set \$MEDMINDS_TOKENIZER"):
+        features.load_experts(experts)  # trained on the built-in tokenizer, loaded with Mistral's
+    assert not (tmp_path / "cache").exists()
 
 
 def test_expert_without_adapter_is_refused(home, experts):

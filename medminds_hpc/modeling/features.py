@@ -136,7 +136,20 @@ def load_experts(expert_runs: Mapping[str, "Run"], *, device: str | None = None,
 
     infos = experts_of(expert_runs)
     base, tokenizer = load_model(infos[0].model, device=device, quantize=quantize)  # type: ignore[arg-type]
+    _check_loaded_base(base, infos)
     return attach_adapters(base, {e.name: e.adapter_dir for e in infos}), tokenizer
+
+
+def _check_loaded_base(base: Any, infos: Sequence[ExpertInfo]) -> None:
+    """A tiny base is built around the tokenizer of this environment: it must be the one the experts were trained on."""
+    from medminds_hpc.modeling.loading import REGISTRY
+
+    spec = REGISTRY.get(infos[0].model)
+    here = Path(str(getattr(base, "name_or_path", ""))).name
+    if spec is not None and spec.kind == "tiny" and here != infos[0].tokenizer:
+        raise UserError(f"experts {infos[0].run_id} and {infos[1].run_id} were trained on {infos[0].tokenizer}, but "
+                        f"{infos[0].model!r} builds here as {here} (another tokenizer): set $MEDMINDS_TOKENIZER as when "
+                        f"they were trained")
 
 
 # computing hidden states -------------------------------------------------------------------------------------
