@@ -18,7 +18,7 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import features
 from medminds_hpc.modeling.heads import decoder_of
 from medminds_hpc.modeling.loading import load_model
-from tests.helpers import MISTRAL_TOKENIZER, make_expert, require_shared_data
+from tests.helpers import MISTRAL_TOKENIZER, make_expert, require_shared_data, stage_ctx
 
 ROWS = medmcqa_rows(10, seed=0, split="validation")
 RPS = 3  # rows per shard: 10 rows -> 4 shards, the last one short
@@ -241,6 +241,23 @@ def test_interrupted_extraction_resumes_at_the_next_shard(loaded, experts, tmp_p
         hook.remove()
     features.extract(tmp_path / "b", spec, ROWS, model, tok, batch_size=RPS)
     assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+
+
+def test_a_stage_stops_on_the_stop_flag_and_the_requeued_job_finishes(home, experts, tmp_path, cached):
+    """ctx.step_done after each shard: USR2 saves and raises StopRequested; the next attempt computes the rest."""
+    ctx = stage_ctx("ensemble-late-micro-00000001", needs={"expert-task": experts["task"].id,
+                                                           "expert-domain": experts["domain"].id})
+    asked = iter([False, True])
+    ctx.stop_requested = lambda: next(asked, False)
+    build = dict(split="validation", rows_per_shard=RPS, batch_size=2,
+                 on_shard=lambda i: ctx.step_done(i + 1, dict, total=4))
+    with pytest.raises(StopRequested):
+        features.ensure(tmp_path, experts, ROWS, **build)
+    assert ctx.resume().step == 2 and sorted(features.read_manifest(tmp_path)["shards"]) == ["0", "1"]
+    again = features.ensure(tmp_path, experts, ROWS, **build)
+    assert sorted(again.manifest["shards"]) == ["0", "1", "2", "3"]
+    for name in features.EXPERTS:
+        np.testing.assert_array_equal(again.states[name], cached.states[name])
 
 
 def test_job_array_tasks_extract_their_own_shards(loaded, experts, tmp_path, cached):
