@@ -21,8 +21,9 @@ BEST = "best"  # the trainable weights of the best validated epoch (training eng
 CLASSIFIER = "classifier"  # a classifier baseline: its LoRA + head.safetensors + classifier.json
 FEATURES = "features"  # cached last-token hidden states of frozen experts
 ROUTER = "router"  # the routers of a mixture of experts
+MERGED = "merged"  # the two experts' adapters merged into one LoRA adapter (peft format)
 
-NAMES = (ADAPTER, EXPERT_INFO, BEST, CLASSIFIER, FEATURES, ROUTER)
+NAMES = (ADAPTER, EXPERT_INFO, BEST, CLASSIFIER, FEATURES, ROUTER, MERGED)
 
 
 def path(run: "Run", name: str) -> Path:

@@ -146,7 +146,8 @@ def stage_ctx(run_id: str, *, model: str = "tiny", needs: dict[str, str] | None 
     return ctx
 
 
-def make_expert(name: str, seed: int, model: str = "tiny", targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")) -> runs.Run:
+def make_expert(name: str, seed: int, model: str = "tiny", targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj"),
+                r: int = 4) -> runs.Run:
     """A finished expert-<name> run holding artifacts/adapter: a LoRA of `model` with random, non-zero B (so it
     visibly changes the model), saved the way the expert stage saves its adapter."""
     import torch
@@ -157,7 +158,7 @@ def make_expert(name: str, seed: int, model: str = "tiny", targets: tuple[str, .
     run = runs.create(f"expert-{name}-micro-{seed:08d}", {"experiment": f"expert-{name}", "dataset": "micro", "model": model})
     base, _ = load_model(model)
     torch.manual_seed(seed)
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
+    lora = get_peft_model(base, LoraConfig(r=r, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
     lora.save_pretrained(str(run.artifacts_dir / "adapter"))
     run.update(lambda d: d.update(state=runs.COMPLETED))
     return run

@@ -1,0 +1,128 @@
+"""merge: the two experts' LoRA adapters merged into one (linear, TIES, DARE-TIES) and scored like
+baseline-nextword; the merged adapter is saved and loads back; bad options are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medminds_hpc import artifacts, results
+from medminds_hpc.errors import UserError
+from medminds_hpc.stages.baseline import NextWordConfig, run_nextword
+from medminds_hpc.stages.merge import Config, run
+from medminds_hpc.training.metrics import read_predictions
+from tests.helpers import make_expert, prepare_synthetic, run_cli, stage_ctx
+
+SCORES = ["score_a", "score_b", "score_c", "score_d"]
+TASK_SEED, DOMAIN_SEED = 11, 12
+
+
+@pytest.fixture(autouse=True)
+def builtin_tokenizer(monkeypatch):
+    monkeypatch.delenv("MEDMINDS_TOKENIZER", raising=False)
+
+
+def experts(domain_r: int = 4) -> dict[str, str]:
+    """Two random-LoRA experts of `tiny` on partly different projections (merging takes the union)."""
+    task = make_expert("task", seed=TASK_SEED)
+    domain = make_expert("domain", seed=DOMAIN_SEED, targets=("k_proj", "v_proj", "down_proj"), r=domain_r)
+    return {"expert-task": task.id, "expert-domain": domain.id}
+
+
+def merged_scores(run_id: str, needs: dict[str, str], **cfg) -> np.ndarray:
+    ctx = stage_ctx(run_id, needs=needs)
+    run(ctx, Config(eval_batch_size=100, **cfg))
+    return read_predictions(ctx.run_dir)[SCORES].to_numpy()
+
+
+def nextword_scores(run_id: str, needs: dict[str, str], adapter: str) -> np.ndarray:
+    ctx = stage_ctx(run_id, needs=needs)
+    run_nextword(ctx, NextWordConfig(adapter=adapter, eval_batch_size=100))  # type: ignore[arg-type]
+    return read_predictions(ctx.run_dir)[SCORES].to_numpy()
+
+
+@pytest.mark.slow
+def test_writes_metrics_predictions_and_a_merged_adapter_that_loads_back():
+    from medminds_hpc.data.prepare import load_prepared
+    from medminds_hpc.modeling.adapters import attach_adapters
+    from medminds_hpc.modeling.loading import load_model
+    from medminds_hpc.modeling.scoring import letter_logprobs
+
+    prepare_synthetic()
+    ctx = stage_ctx("merge-ties-micro-00000001", needs=experts())
+    result = run(ctx, Config(method="ties", weights=[1.0, 1.0], density=0.5, eval_batch_size=100))
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert results.problems(metrics) == []
+    assert metrics["n"] == 500 == result["n"] and metrics["method"] == "merge-ties" and metrics["density"] == 0.5
+    preds = read_predictions(ctx.run_dir)
+    assert len(preds) == 500 and set(preds["score_kind"]) == {"logprob"}
+    raw = preds[SCORES].to_numpy()
+    assert (raw < 0).all()  # log-probabilities over the whole vocabulary
+    np.testing.assert_allclose(np.exp(raw).sum(axis=1).mean(), metrics["letter_mass_mean"], rtol=1e-9)
+
+    merged = artifacts.path(ctx.run, artifacts.MERGED)
+    assert (merged / "adapter_config.json").is_file() and (merged / "adapter_model.safetensors").is_file()
+    base, tokenizer = load_model("tiny")
+    rows = load_prepared("micro", "medmcqa_validation", ctx.data_dir()).to_list()[:20]
+    again = letter_logprobs(attach_adapters(base, {"merged": merged}), tokenizer, rows, "paper", batch_size=20, max_length=512)
+    np.testing.assert_allclose(again, raw[:20], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_linear_with_weights_one_and_zero_scores_like_the_task_expert_alone():
+    prepare_synthetic()
+    needs = experts()
+    merged = merged_scores("merge-linear-micro-00000002", needs, method="linear", weights=[1.0, 0.0])
+    task = nextword_scores("baseline-nextword-micro-00000003", {"expert-task": needs["expert-task"]}, "task")
+    np.testing.assert_allclose(merged, task, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_linear_half_and_half_differs_from_both_experts():
+    prepare_synthetic()
+    needs = experts()
+    merged = merged_scores("merge-linear-micro-00000004", needs, method="linear", weights=[0.5, 0.5])
+    task = nextword_scores("baseline-nextword-micro-00000005", {"expert-task": needs["expert-task"]}, "task")
+    domain = nextword_scores("baseline-nextword-micro-00000006", {"expert-domain": needs["expert-domain"]}, "domain")
+    assert np.abs(merged - task).max() > 1e-3 and np.abs(merged - domain).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ties", "dare-ties"])
+def test_ties_and_dare_are_deterministic_for_a_seed(method):
+    prepare_synthetic()
+    needs = experts()
+    cfg = dict(method=method, weights=[1.0, 1.0], density=0.5)
+    first = merged_scores(f"merge-{method}-micro-00000007", needs, seed=1, **cfg)
+    second = merged_scores(f"merge-{method}-micro-00000008", needs, seed=1, **cfg)
+    np.testing.assert_array_equal(first, second)
+    if method == "dare-ties":  # the random drop depends on the seed
+        other = merged_scores(f"merge-{method}-micro-00000009", needs, seed=2, **cfg)
+        assert np.abs(first - other).max() > 1e-6
+
+
+@pytest.mark.slow
+def test_experts_of_different_ranks_are_refused_with_what_to_do():
+    prepare_synthetic()
+    ctx = stage_ctx("merge-ties-micro-00000010", needs=experts(domain_r=8))
+    with pytest.raises(UserError, match=r"same LoRA rank, got task r=4, domain r=8; retrain one expert with -o lora_r=4"):
+        run(ctx, Config(method="ties"))
+    assert not (ctx.run_dir / "metrics.json").exists()
+    assert not artifacts.path(ctx.run, artifacts.MERGED).exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("weights=1,2,3", "weights: expected 2 numbers (task, domain adapter), got 3"),
+    ("weights=1", "weights: expected 2 numbers (task, domain adapter), got 1"),
+    ("density=0", "density: expected a share in (0, 1], got 0.0"),
+    ("density=1.5", "density: expected a share in (0, 1], got 1.5"),
+    ("method=svd", "method: expected one of 'linear', 'ties', 'dare-ties', got 'svd'"),
+])
+def test_bad_options_are_refused_in_one_line_and_nothing_is_written(option, message, medminds_home):
+    proc = run_cli("submit", "merge-ties", "-d", "micro", "--model", "tiny", "-o", option, "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "merge-ties" in lines[0] and message in lines[0], proc.stderr
+    assert not (medminds_home / "runs").exists() or not any((medminds_home / "runs").iterdir())
