@@ -13,7 +13,7 @@ from medminds_hpc.errors import UserError
 from medminds_hpc.stages.baseline import NextWordConfig, run_nextword
 from medminds_hpc.stages.merge import Config, run
 from medminds_hpc.training.metrics import read_predictions
-from tests.helpers import make_expert, prepare_synthetic, run_cli, stage_ctx
+from tests.helpers import ROOT, make_expert, prepare_synthetic, run_cli, stage_ctx, write_job
 
 SCORES = ["score_a", "score_b", "score_c", "score_d"]
 TASK_SEED, DOMAIN_SEED = 11, 12
@@ -126,3 +126,32 @@ def test_bad_options_are_refused_in_one_line_and_nothing_is_written(option, mess
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "merge-ties" in lines[0] and message in lines[0], proc.stderr
     assert not (medminds_home / "runs").exists() or not any((medminds_home / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_reachable_through_submit_with_finished_experts(jobs_dir):
+    """`submit("merge-dare", ...)` with the debug executor: the finished experts are used as they are, prepare
+    (synthetic: no Hub in tests) runs first, then the merge, found through the stage registry."""
+    import shutil
+
+    from medminds_hpc import runs
+    from medminds_hpc.submit import SubmitOptions, plan, submit
+
+    prepare_toml = (ROOT / "jobs" / "prepare.toml").read_text().replace('source = "hub"', 'source = "synthetic"')
+    write_job(jobs_dir, "prepare", prepare_toml)
+    for name in ("expert-task", "expert-domain", "merge-dare"):
+        write_job(jobs_dir, name, (ROOT / "jobs" / f"{name}.toml").read_text())
+    opts = SubmitOptions(dataset="micro", executor="debug", model="tiny", cluster="dev")
+    planned = {p.name: p.run_id for p in plan("merge-dare", opts)}
+    for name, seed in (("task", TASK_SEED), ("domain", DOMAIN_SEED)):  # finished experts at the ids submit plans
+        made = make_expert(name, seed=seed)
+        run_id = planned[f"expert-{name}"]
+        expert = runs.create(run_id, {"experiment": f"expert-{name}", "dataset": "micro", "model": "tiny"})
+        shutil.copytree(artifacts.path(made, artifacts.ADAPTER), artifacts.path(expert, artifacts.ADAPTER))
+        expert.update(lambda d: d.update(state=runs.COMPLETED))
+    done = submit("merge-dare", opts, say=lambda _line: None)
+    assert [p.name for p in done if p.action != "done"] == ["prepare", "merge-dare"]
+    run = runs.get(planned["merge-dare"])
+    assert run.state == runs.COMPLETED, run.data.get("error")
+    assert run.metrics()["n"] == 500 and run.metrics()["method"] == "merge-dare-ties"
+    assert (artifacts.path(run, artifacts.MERGED) / "adapter_config.json").is_file()
