@@ -9,9 +9,9 @@ exactly as baseline-nextword scores them.
     medminds submit merge-ties --dataset micro        # TIES: trim to `density`, elect signs, average agreeing values
     medminds submit merge-dare --dataset micro        # DARE-TIES: random drop to `density` (seeded), rescale, TIES
 
-peft merges the A and the B factors separately (so `linear` with weights [w, 0] is exactly w times one expert's
-update only for w = 1 or 0, and [0.5, 0.5] is not the mean of the two updates); all three methods need both
-experts to have the same LoRA rank. Writes predictions.parquet, metrics.json and artifacts/merged (the merged
+peft merges the A and the B factors separately: `linear` with weights [w, 0] is exactly w times the task expert's
+update, but [0.5, 0.5] is not the mean of the two updates (it adds the cross terms B_task A_domain and
+B_domain A_task); all three methods need both experts to have the same LoRA rank (the projections may differ). Writes predictions.parquet, metrics.json and artifacts/merged (the merged
 adapter in peft format, loadable with `attach_adapters`). Scoring holds no state worth a checkpoint: a preempted
 job merges again (seeded, so identically) and scores from the start.
 """
@@ -98,7 +98,7 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     from medminds_hpc.modeling.scoring import letter_logprobs
     from medminds_hpc.stages.baseline import expert_adapter, load_rows, model_name, scoring_progress, write_results
 
-    model_name(ctx)
+    model_name(ctx)  # a run without --model stops here, before anything loads
     rows = load_rows(ctx, "medmcqa_validation")
     for name in EXPERTS:
         expert_adapter(ctx, name)  # each expert was trained on this run's base
