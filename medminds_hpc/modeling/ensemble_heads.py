@@ -167,8 +167,10 @@ class LateFusionHead(EnsembleHead):
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
         task, domain = self._inputs(task_states, domain_states)
-        w_task, w_domain = self.fuse.weight.split(self.outputs.width, dim=1)
-        return self.outputs.linear(task, w_task, self.fuse.bias) + self.outputs.linear(domain, w_domain)
+        # one (8 x width) @ (width x hidden) product folds both experts' halves: the LM head is read once
+        halves = torch.cat(self.fuse.weight.split(self.outputs.width, dim=1))
+        folded = halves @ self.outputs.rows
+        return task @ folded[:NUM_CHOICES].T + domain @ folded[NUM_CHOICES:].T + self.fuse.bias
 
 
 HEADS: dict[str, type[EnsembleHead]] = {"weighted": WeightedHead, "transformer": TransformerHead,
