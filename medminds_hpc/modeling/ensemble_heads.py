@@ -135,7 +135,7 @@ class TransformerHead(EnsembleHead):
 
     Two tokens rather than one 8-wide vector (the paper's wording allows either): attention between the tokens
     lets the block compare the experts and weigh each per question, which a single token cannot do (attention
-    over one position is the identity). Each token is projected to D_MODEL and gets a learned expert embedding,
+    over one position has nothing to weigh). Each token is projected to D_MODEL and gets a learned expert embedding,
     so the block knows which expert it reads; the two outputs are mean-pooled and mapped to 4 logits."""
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
