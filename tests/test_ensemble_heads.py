@@ -226,3 +226,14 @@ def test_on_the_tiny_models_lm_head_the_weighted_head_at_1_0_equals_the_feature_
     expected = features.letter_logits(model, tok, hidden)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert torch.equal(out.argmax(1), features.lm_head_logits(model, hidden)[:, letters].argmax(1))
+
+
+def test_the_heads_are_the_methods_the_ensemble_stage_offers() -> None:
+    import dataclasses
+    import typing
+
+    from medminds_hpc.stages.ensemble import Config
+
+    hints = typing.get_type_hints(Config)
+    assert typing.get_args(hints["method"]) == METHODS
+    assert {f.name: f.default for f in dataclasses.fields(Config)}["method"] in METHODS
