@@ -36,6 +36,18 @@ def jobs_dir(tmp_path, monkeypatch):
     return d
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread: tiny models step in milliseconds on one, and two threads beside other work on
+    a 2-core machine spin-wait many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if slurm_up():
         return

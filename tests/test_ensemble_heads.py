@@ -16,13 +16,7 @@ LETTERS = [11, 23, 37, 41]
 COMBOS = list(itertools.product(METHODS, REDUCES))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny matmuls gain nothing from two, and lose much on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lm_head(seed: int = 0) -> torch.Tensor:

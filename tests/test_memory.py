@@ -22,13 +22,7 @@ from tests.helpers import ROOT, quiet, run_cli, run_expert, slurm_options, small
 TOLERANCE = 0.25
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models step in milliseconds on one thread; two threads beside other work spin-wait 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def workload(model, head: str, batch: int, length: int, checkpointing: bool, dropout: float = 0.0, **kw) -> memory.Workload:
