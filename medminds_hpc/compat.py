@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -60,6 +61,43 @@ def _script_only_executor() -> type:
             return 2  # what SlurmExecutor answers when srun is on PATH
 
     return ScriptOnlySlurmExecutor
+
+
+def session_local_executor(folder: str | Path, max_num_timeout: int, controller_log: Path) -> Any:
+    """A submitit LocalExecutor that starts each job's controller in a session of its own (stdin closed, output
+    appended to `controller_log`). submitit starts it in the submitting command's session, where Ctrl-C in that
+    terminal reaches the job and a cancel is one SIGINT; it offers no option for this, so `_submit_command` is
+    wrapped and the one `subprocess.Popen` call of `submitit.local.local.start_controller` gets start_new_session."""
+    return _session_local_executor_class()(folder=folder, max_num_timeout=max_num_timeout, controller_log=controller_log)
+
+
+_POPEN_PATCH = threading.Lock()
+
+
+@functools.cache
+def _session_local_executor_class() -> type:
+    import subprocess
+    from types import SimpleNamespace
+
+    import submitit
+    from submitit.local import local
+
+    class SessionLocalExecutor(submitit.LocalExecutor):
+        def __init__(self, *args: Any, controller_log: Path, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._controller_log = Path(controller_log)
+
+        def _submit_command(self, command: str) -> Any:
+            with open(self._controller_log, "ab") as log, _POPEN_PATCH:
+                popen = functools.partial(subprocess.Popen, start_new_session=True, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT)
+                original, local.subprocess = local.subprocess, SimpleNamespace(Popen=popen)
+                try:
+                    return super()._submit_command(command)
+                finally:
+                    local.subprocess = original
+
+    return SessionLocalExecutor
 
 
 def sbatch_text(executor: Any) -> str:

@@ -13,50 +13,23 @@ is that run's controller; its process group cannot be reused while any of the jo
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from medminds_hpc import fileio
+from medminds_hpc import compat, fileio
 
 CONTROLLER_MODULE = "submitit.local._local"
 CONTROLLER_LOG = "controller.log"
 # how long each signal gets before the next, stronger one (SIGINT, SIGTERM, SIGKILL)
 STOP_WAITS_S = (3.0, 3.0, 5.0)
-_PATCH = threading.Lock()
-
-
-@functools.cache
-def _executor_class() -> type:
-    import submitit
-    from submitit.local import local
-
-    class SessionLocalExecutor(submitit.LocalExecutor):
-        """submitit's local executor, starting each controller with start_new_session (see the module docstring)."""
-
-        def _submit_command(self, command: str) -> Any:
-            with open(Path(self.folder) / CONTROLLER_LOG, "ab") as log, _PATCH:
-                # start_controller calls subprocess.Popen itself: give that one call a new session
-                popen = functools.partial(subprocess.Popen, start_new_session=True, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT)
-                original, local.subprocess = local.subprocess, SimpleNamespace(Popen=popen)
-                try:
-                    return super()._submit_command(command)
-                finally:
-                    local.subprocess = original
-
-    return SessionLocalExecutor
 
 
 def executor(folder: Path, max_num_timeout: int) -> Any:
-    """A submitit LocalExecutor whose jobs run in their own process group."""
-    return _executor_class()(folder=folder, max_num_timeout=max_num_timeout)
+    """A submitit LocalExecutor whose jobs run in their own process group, output in logs/controller.log."""
+    return compat.session_local_executor(folder, max_num_timeout, Path(folder) / CONTROLLER_LOG)
 
 
 def _process_table() -> dict[int, tuple[int, int]]:

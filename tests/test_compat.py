@@ -103,7 +103,24 @@ def test_trainer_saves_the_model_through_the_hook(tmp_path):
 
 PRIVATE_USES = [r"\._usr_sig\b", r"\._requeue\(", r"\._make_submission_file_text\b", r"\._submitit_command_str\b",
                 r"utils(\.| import )temporary_save_path\b", r"\._timeout_(min|countdown)\b", r"def _save\(", r"def _save_checkpoint\(",
-                r"def _load_from_checkpoint\("]
+                r"def _load_from_checkpoint\(", r"def _submit_command\(", r"local\.subprocess\b"]
+
+
+def test_session_local_executor_starts_the_controller_in_its_own_session(tmp_path):
+    import os
+    import subprocess
+
+    from submitit import LocalExecutor
+    from submitit.local import local
+
+    assert parameter_names(LocalExecutor._submit_command) == ["self", "command"]
+    assert local.subprocess is subprocess  # start_controller calls subprocess.Popen through this module attribute
+    log = tmp_path / "controller.log"
+    ex = compat.session_local_executor(tmp_path, 3, log)
+    ex.update_parameters(timeout_min=1)
+    job = ex.submit(os.getsid, 0)
+    assert job.result() != os.getsid(0) and log.exists()  # a session of its own, its output in the log
+    assert local.subprocess is subprocess  # the patch is undone
 
 
 def test_no_module_but_compat_touches_these_private_apis():
