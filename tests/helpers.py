@@ -272,3 +272,15 @@ def tiny_loss(model: Any, head: str, batch: int, length: int) -> Any:
         return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels)["loss"]
     labels = ids.masked_fill(mask == 0, -100)
     return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def shrink_prepared(size: str = "micro", **rows: int) -> None:
+    """Keep only the first N rows of prepared splits (e.g. medmcqa_train=96): a stage that reads whole splits then
+    runs in seconds."""
+    import pyarrow.parquet as pq
+
+    from medminds_hpc.data.prepare import data_file
+
+    for name, n in rows.items():
+        path = data_file(size, name)
+        pq.write_table(pq.read_table(path).slice(0, n), path)

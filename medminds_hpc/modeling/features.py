@@ -461,6 +461,7 @@ def letter_logits(model: Any, tokenizer: Any, states: Any) -> Any:
 
 # the frozen LM head beside the cache -------------------------------------------------------------------------
 LM_HEAD_FILE = "lm_head.safetensors"
+LM_HEAD_KEY = "lm_head"  # the file's metadata: JSON {model, tokenizer, letter_ids}
 
 
 def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Sequence[ExpertInfo]) -> None:
@@ -474,8 +475,9 @@ def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Seq
     if getattr(head, "bias", None) is not None:
         raise UserError(f"{type(head).__name__} LM head has a bias; cached states give its logits only for a bias-free "
                         "LM head (Mistral, Llama)")
-    meta = {"model": experts[0].model, "tokenizer": experts[0].tokenizer,
-            "letter_ids": json.dumps(prompts.letter_token_ids(tokenizer))}
+    # one metadata key: safetensors writes several in no fixed order, and the file must be byte-reproducible
+    meta = {LM_HEAD_KEY: json.dumps({"model": experts[0].model, "tokenizer": experts[0].tokenizer,
+                                     "letter_ids": prompts.letter_token_ids(tokenizer)}, sort_keys=True)}
     weight = head.weight.detach().cpu().contiguous()
     Path(directory).mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_bytes(Path(directory) / LM_HEAD_FILE, save({"weight": weight}, metadata=meta))
@@ -489,9 +491,9 @@ def load_lm_head(directory: Path | str, experts: Sequence[ExpertInfo]) -> tuple[
     path = Path(directory) / LM_HEAD_FILE
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {})[LM_HEAD_KEY])
             if meta.get("model") != experts[0].model or meta.get("tokenizer") != experts[0].tokenizer:
                 return None
-            return f.get_tensor("weight").float(), [int(i) for i in json.loads(meta["letter_ids"])]
-    except (OSError, ValueError, KeyError, RuntimeError):
+            return f.get_tensor("weight").float(), [int(i) for i in meta["letter_ids"]]
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
