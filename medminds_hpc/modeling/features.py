@@ -419,7 +419,7 @@ def ensure(directory: Path | str, expert_runs: Mapping[str, "Run"], rows: Sequen
 
 
 # the frozen LM head on cached states -------------------------------------------------------------------------
-def _lm_head(model: Any) -> Any:
+def lm_head_layer(model: Any) -> Any:
     from medminds_hpc.modeling.heads import unwrap
 
     inner = unwrap(model)
@@ -438,7 +438,7 @@ def lm_head_logits(model: Any, states: Any) -> Any:
     """(rows, vocab) float32 logits: the frozen LM head applied to cached (rows, hidden) states."""
     import torch
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     x = torch.as_tensor(states).to(device=head.weight.device, dtype=head.weight.dtype)
     with torch.no_grad():
         return head(x).float()
@@ -450,7 +450,7 @@ def letter_logits(model: Any, tokenizer: Any, states: Any) -> Any:
 
     from medminds_hpc.data import prompts
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     letters = torch.tensor(prompts.letter_token_ids(tokenizer), device=head.weight.device)
     weight = head.weight.detach()[letters].float()
     x = torch.as_tensor(states).to(device=weight.device, dtype=torch.float32)
@@ -471,7 +471,7 @@ def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Seq
 
     from medminds_hpc.data import prompts
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     if getattr(head, "bias", None) is not None:
         raise UserError(f"{type(head).__name__} LM head has a bias; cached states give its logits only for a bias-free "
                         "LM head (Mistral, Llama)")
