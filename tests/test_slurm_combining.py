@@ -4,7 +4,6 @@ extraction tasks fills one cache that its ensemble waits for whole."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from medminds_hpc import artifacts, fileio, runs, submit
-from medminds_hpc.modeling.features import LM_HEAD_FILE
 from medminds_hpc.stages import features as features_stage
 from tests.helpers import (make_expert, quiet, rerun_in_process, sacct_rows, slurm_options, tree_bytes,
                            wait_for_attempt, wait_until_ended, write_medmcqa_source)
@@ -78,15 +76,9 @@ def usr2(job_id: str) -> None:
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
 
 
-def cache_of(run: runs.Run) -> dict[str, object]:
-    """The cache's files by path, as bytes; the LM head's header as parsed: safetensors writes metadata in the
-    order of a Rust hash map, which changes from process to process (its tensor bytes are compared as they are)."""
-    files: dict[str, object] = dict(tree_bytes(features_stage.cache_root(run)))
-    head = files.pop(LM_HEAD_FILE)
-    assert isinstance(head, bytes)
-    end = 8 + int.from_bytes(head[:8], "little")
-    files[LM_HEAD_FILE] = (json.loads(head[8:end]), head[end:])
-    return files
+def cache_of(run: runs.Run) -> dict[str, bytes]:
+    """The cache's files (shards, manifests, the LM head) by path, as bytes."""
+    return tree_bytes(features_stage.cache_root(run))
 
 
 def test_one_extraction_serves_all_three_ensembles(experts, source):
