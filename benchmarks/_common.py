@@ -1,14 +1,16 @@
 """What several benchmarks share: a throw-away $MEDMINDS_HOME, the real data when ../shared/data has it, random experts.
 
-    from _common import question_rows, random_expert, use_bench_home   # from a script in benchmarks/
+    from _common import bench_home, question_rows, random_expert   # from a script in benchmarks/
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -16,17 +18,22 @@ SAMPLE = SHARED_DATA / "medmcqa" / "dev-sample.jsonl"
 TOKENIZER = SHARED_DATA / "tokenizers" / "mistral-7b-v0.1"
 
 
-def use_bench_home() -> Path | None:
-    """Runs and tiny models go to a temporary $MEDMINDS_HOME unless one is set (returns the one it made, for the
-    caller to delete); tiny models get the real Mistral tokenizer when ../shared/data has it. Call before
-    anything reads either variable; child processes inherit both."""
-    made = None
-    if "MEDMINDS_HOME" not in os.environ:
-        made = Path(tempfile.mkdtemp(prefix="medminds-bench-"))
-        os.environ["MEDMINDS_HOME"] = str(made)
+@contextlib.contextmanager
+def bench_home() -> Iterator[None]:
+    """Runs and tiny models go to a temporary $MEDMINDS_HOME, deleted on exit, unless one is set (child processes
+    inherit it); tiny models get the real Mistral tokenizer when ../shared/data has it. Enter before anything
+    reads either variable."""
     if TOKENIZER.exists():
         os.environ.setdefault("MEDMINDS_TOKENIZER", str(TOKENIZER))
-    return made
+    if "MEDMINDS_HOME" in os.environ:
+        yield
+        return
+    home = tempfile.mkdtemp(prefix="medminds-bench-")
+    os.environ["MEDMINDS_HOME"] = home
+    try:
+        yield
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def question_rows(n: int, split: str = "validation") -> tuple[list[dict[str, Any]], str]:

@@ -12,9 +12,10 @@ Mistral tokenizer when ../shared/data has it (so the LM head is Mistral's width)
 1. Cached vs recompute: (a) one extraction of both experts' last-token states (`features.extract`, model already
    loaded); (b) the three ensemble heads (weighted, transformer, late-fusion; reduce "learned"; Adam, batch 32)
    trained for --epochs from the cache (load included); (c) the same heads and the same loop with both experts'
-   states recomputed for every batch, as without a cache. (c) runs --recompute-epochs per head and is scaled to
-   --epochs, which the printout says. Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). Each head's first
-   epoch mean loss from (b) and (c) is printed too: the same numbers, since only the states' source differs.
+   states recomputed for every batch, as without a cache (shuffled batches, which pad more than the extraction's
+   length-sorted ones). (c) runs --recompute-epochs per head and is scaled to --epochs, which the printout says.
+   Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). Each head's first-epoch mean loss from (b) and (c) is
+   printed too: the same numbers, since only the states' source differs.
 2. Peak memory of a combining stage, each in a fresh process: one base with both adapters attached by name
    (`features.load_experts`) vs two full copies of the base each with its adapter, both running both experts'
    forward over one batch. The target (<= 0.6x) is on tensors: the weights' distinct storages plus the forward's
@@ -42,7 +43,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cache_size_text, dir_bytes, question_rows, random_expert, use_bench_home  # noqa: E402
+from _common import bench_home, cache_size_text, dir_bytes, question_rows, random_expert  # noqa: E402
 
 REDUCE = "learned"  # the paper's: a Linear(vocab -> 4) per expert over the LM-head logits
 EXPERT_SEEDS = {"task": 1, "domain": 2}
@@ -198,19 +199,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    home = use_bench_home()
-    if args.probe:
-        probe_memory(args)
-        return
-    try:
-        run_benchmark(args)
-    finally:
-        if home is not None:
-            shutil.rmtree(home, ignore_errors=True)
-
-
 @dataclass
 class Timings:
     """Section 1's measurements, in seconds; heads map method -> (seconds, per-epoch mean losses)."""
@@ -331,6 +319,15 @@ def run_benchmark(args: argparse.Namespace) -> None:
     print_memory(shared, copies, args)
     print(f"3. extraction {n / timings.extract:.1f} questions/s (both experts); "
           + cache_size_text(timings.cache_bytes, n, int(config.hidden_size), len(tok)))
+
+
+def main() -> None:
+    args = parse_args()
+    with bench_home():
+        if args.probe:
+            probe_memory(args)
+        else:
+            run_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cache_size_text, dir_bytes, question_rows, random_expert, use_bench_home  # noqa: E402
+from _common import bench_home, cache_size_text, dir_bytes, question_rows, random_expert  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +32,11 @@ def main() -> None:
     ap.add_argument("--rows-per-shard", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--template", default="paper", choices=["paper", "harness"])
-    args = ap.parse_args()
-    use_bench_home()
+    with bench_home():
+        measure(ap.parse_args())
 
+
+def measure(args: argparse.Namespace) -> None:
     import torch
 
     from medminds_hpc.modeling import features
