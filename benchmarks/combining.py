@@ -1,13 +1,13 @@
-"""Combining two frozen experts: training heads from the feature cache vs recomputing the experts, one base with two
-adapters vs two model copies, and the cache's size and extraction speed, side by side in one run.
+"""Combining two frozen experts: heads from a feature cache vs recomputing, one base vs two copies, the cache's size.
 
-    .venv/bin/python benchmarks/combining.py             # tiny-4layer, 2,000 questions, 10 epochs (~6 min, 2 cores)
+    .venv/bin/python benchmarks/combining.py             # tiny-4layer, 2,000 questions, 10 epochs
     .venv/bin/python benchmarks/combining.py --threads 1 --questions 1000 --epochs 3
     .venv/bin/python benchmarks/combining.py --device cuda --recompute-epochs 10
 
 Two experts with random LoRAs (r 16, all seven projections) on `tiny-4layer` built around the real 32,000-token
 Mistral tokenizer when ../shared/data has it (so the LM head is Mistral's width), over the real MedMCQA sample
-(repeated under new ids up to --questions), else synthetic rows. Prints:
+(repeated under new ids up to --questions), else synthetic rows. The default run took 12-14 min with --threads 1
+on two cores busy with other jobs, two thirds of it in (c). Prints, side by side:
 
 1. Cached vs recompute: (a) one extraction of both experts' last-token states (`features.extract`, model already
    loaded); (b) the three ensemble heads (weighted, transformer, late-fusion; reduce "learned"; Adam, batch 32)
