@@ -14,9 +14,11 @@ on two cores busy with other jobs, two thirds of it in (c). Prints, side by side
    trained for --epochs from the cache (load included); (c) the same heads and the same loop with both experts'
    states recomputed for every batch, as without a cache (shuffled batches, which pad more than the extraction's
    length-sorted ones). (c) runs --recompute-epochs per head and is scaled to --epochs, which the printout says.
-   Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). Each head's first-epoch mean loss from (b) and (c) is
+   Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). (b') times the same heads over the letter logits
+   (reduce "letters"): with the learned reduction a step costs ~16 x vocab x hidden multiply-adds whatever the
+   batch, which on a 4-layer model rivals extracting the batch, and on Mistral-7B is a rounding error beside it. Each head's first-epoch mean loss from (b) and (c) is
    printed too: the same numbers, since only the states' source differs.
-2. Peak memory of a combining stage, each in a fresh process: one base with both adapters attached by name
+2. Peak memory of a combining stage (one pair of fresh processes per --memory-batches entry): one base with both adapters attached by name
    (`features.load_experts`) vs two full copies of the base each with its adapter, both running both experts'
    forward over one batch. The target (<= 0.6x) is on tensors: the weights' distinct storages plus the forward's
    peak allocations above them (`training.peak_memory`; on CUDA the allocator's own count). Beside it, the
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_home, cache_size_text, dir_bytes, question_rows, random_expert  # noqa: E402
 
 REDUCE = "learned"  # the paper's: a Linear(vocab -> 4) per expert over the LM-head logits
+ALSO = "letters"  # the next-word prior: 4 LM-head rows per expert, timed from the cache beside the paper's
 EXPERT_SEEDS = {"task": 1, "domain": 2}
 MB = 1e6
 
@@ -166,10 +169,10 @@ def probe_memory(args: argparse.Namespace) -> None:
     print(json.dumps({"weights": weights, "forward": forward, "process": process}))
 
 
-def measure_memory(layout: str, args: argparse.Namespace) -> dict[str, int]:
+def measure_memory(layout: str, args: argparse.Namespace, batch: int) -> dict[str, int]:
     """Run `probe_memory` for `layout` in a fresh interpreter (the same $MEDMINDS_HOME, so the same expert runs)."""
     cmd = [sys.executable, __file__, "--probe", layout, "--model", args.model, "--device", args.device,
-           "--threads", str(args.threads), "--memory-batch", str(args.memory_batch)]
+           "--threads", str(args.threads), "--memory-batch", str(batch)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"memory probe {layout!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -188,7 +191,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper's 1e-4)")
     ap.add_argument("--extract-batch", type=int, default=32, help="batch of the experts' forward passes")
     ap.add_argument("--rows-per-shard", type=int, default=1000)
-    ap.add_argument("--memory-batch", type=int, default=32, help="questions in the forward of the memory probes")
+    ap.add_argument("--memory-batch", type=int, default=32, help=argparse.SUPPRESS)  # one probe's batch (child process)
+    ap.add_argument("--memory-batches", default="8,32", help="questions in the forward of the memory probes, one pair of probes each")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--probe", choices=["shared", "copies"], help=argparse.SUPPRESS)  # the memory child process
@@ -206,6 +210,7 @@ class Timings:
     extract: float
     load: float
     from_cache: dict[str, tuple[float, list[float]]]
+    from_cache_letters: dict[str, tuple[float, list[float]]]
     recomputed: dict[str, tuple[float, list[float]]]
     scale: float  # --epochs / --recompute-epochs: (c) was measured for a part and multiplied by this
     cache_bytes: int
@@ -236,8 +241,8 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
     labels = torch.tensor([int(r["answer"]) for r in rows], device=dev)
     texts = [prompts.mcq_prompt(r, spec.template) for r in rows]
 
-    def make_head(method: str) -> Any:
-        return build_head(method, REDUCE, lm_head, letters, seed=0)
+    def make_head(method: str, reduce: str = REDUCE) -> Any:
+        return build_head(method, reduce, lm_head, letters, seed=0)
 
     out = Path(tempfile.mkdtemp(prefix="medminds-features-"))
     try:
@@ -254,6 +259,8 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
     finally:
         shutil.rmtree(out)
     from_cache = timed_heads(make_head, lambda idx: (task_all[idx], domain_all[idx]), labels, args.epochs, args)
+    from_cache_letters = timed_heads(lambda method: make_head(method, ALSO), lambda idx: (task_all[idx], domain_all[idx]),
+                                     labels, args.epochs, args)
 
     def recompute(idx: Any) -> tuple[Any, Any]:
         states = features.hidden_states(model, tok, [texts[i] for i in idx.tolist()], batch_size=len(idx),
@@ -261,7 +268,7 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
         return torch.from_numpy(states["task"]).to(dev), torch.from_numpy(states["domain"]).to(dev)
 
     recomputed = timed_heads(make_head, recompute, labels, args.recompute_epochs, args)
-    return Timings(t_extract, t_load, from_cache, recomputed, args.epochs / args.recompute_epochs, size)
+    return Timings(t_extract, t_load, from_cache, from_cache_letters, recomputed, args.epochs / args.recompute_epochs, size)
 
 
 def print_timings(t: Timings, args: argparse.Namespace) -> None:
@@ -277,15 +284,18 @@ def print_timings(t: Timings, args: argparse.Namespace) -> None:
     print(f"   (b) 3 heads from the cache            {t.cached:9.1f} s  (load {t.load:.2f} s; {per_head(t.from_cache)})")
     print(f"   cached total (a + b)                  {cached_total:9.1f} s  = {cached_total / t.extract:.2f}x one "
           f"extraction (target <= 1.3x)")
+    letters_total = t.extract + t.load + sum(sec for sec, _ in t.from_cache_letters.values())
+    print(f"   (b') the same, reduce {ALSO}          {letters_total - t.extract:9.1f} s  ({per_head(t.from_cache_letters)}): "
+          f"cached total {letters_total / t.extract:.2f}x one extraction")
     print(f"   (c) 3 heads recomputing the experts   {t.recompute:9.1f} s  ({measured}: {per_head(t.recomputed)})")
     print(f"   recompute / cached total              {t.recompute / cached_total:9.1f}x")
     print("   first-epoch mean loss, cache / recomputed: " + ", ".join(
         f"{m} {t.from_cache[m][1][0]:.5f} / {t.recomputed[m][1][0]:.5f}" for m in t.from_cache))
 
 
-def print_memory(shared: dict[str, int], copies: dict[str, int], args: argparse.Namespace) -> None:
+def print_memory(shared: dict[str, int], copies: dict[str, int], args: argparse.Namespace, batch: int) -> None:
     where = "max_memory_allocated" if args.device.startswith("cuda") else "peak RSS above the imports"
-    print(f"2. peak memory, both experts' forward over {args.memory_batch} questions, fresh process each: tensors "
+    print(f"2. peak memory, both experts' forward over {batch} questions, fresh process each: tensors "
           f"(weights + the forward's peak allocations) and the process's own peak ({where})")
     for label, m in (("one base + two named adapters", shared), ("two model copies, one adapter each", copies)):
         print(f"   {label:37s} {(m['weights'] + m['forward']) / MB:9.1f} MB  (weights {m['weights'] / MB:.1f} + "
@@ -309,14 +319,16 @@ def run_benchmark(args: argparse.Namespace) -> None:
     config = decoder_of(model).config
     features.hidden_states(model, tok, ["Question: warm-up\nAnswer:"], batch_size=1)  # allocator, kernels
     timings = cached_vs_recompute(model, tok, experts, rows, args)
-    shared, copies = measure_memory("shared", args), measure_memory("copies", args)
+    batches = [int(b) for b in args.memory_batches.split(",") if b.strip()]
+    memory = {b: (measure_memory("shared", args, b), measure_memory("copies", args, b)) for b in batches}
 
     n = len(rows)
     print(f"model {args.model} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, vocabulary {len(tok)}) "
           f"on {next(model.parameters()).device}, {torch.get_num_threads()} threads; {n} {source} questions, "
           f"paper prompt")
     print_timings(timings, args)
-    print_memory(shared, copies, args)
+    for batch, (shared, copies) in memory.items():
+        print_memory(shared, copies, args, batch)
     print(f"3. extraction {n / timings.extract:.1f} questions/s (both experts); "
           + cache_size_text(timings.cache_bytes, n, int(config.hidden_size), len(tok)))
 
