@@ -77,7 +77,7 @@ def _percent(text: str, where: str, row_number: int) -> float | None:
         value = math.nan
     if not 0.0 <= value <= 100.0:
         raise UserError(f"{where}, row {row_number}, field 'accuracy': {text!r} is not a percentage 0-100 (or empty)")
-    return value / 100.0
+    return round(value / 100.0, 10)  # 26.03 -> 0.2603, not 0.26030000000000003
 
 
 def by_experiment(results: list[PaperResult]) -> dict[str, PaperResult]:

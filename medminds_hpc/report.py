@@ -133,29 +133,66 @@ class Answers:
     correct: Any  # numpy int8 array
 
 
-def read_answers(run_dir: Path) -> Answers | str:
-    """predictions.parquet -> Answers, or a sentence saying why not (missing, unreadable, duplicate ids)."""
-    path = run_dir / PREDICTIONS
-    if not path.exists():
-        return f"no {PREDICTIONS}"
+class AnswerReader:
+    """Reads predictions.parquet into Answers. Sorting question ids costs more than reading the file, so each
+    distinct id list (runs on the same split share one) is sorted once. Only pyarrow's buffers and lists are used:
+    its numpy conversions and table operations import pandas (a second on a login node)."""
+
+    def __init__(self) -> None:
+        self._orders: dict[str, tuple[str, Any] | str] = {}
+
+    def __call__(self, run_dir: Path) -> Answers | str:
+        """Answers, or a sentence saying why there are none (missing, unreadable, repeated ids)."""
+        path = run_dir / PREDICTIONS
+        if not path.exists():
+            return f"no {PREDICTIONS}"
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path).read(columns=["id", "gold", "predicted"], use_threads=False)
+            gold, predicted = _integers(table.column("gold")), _integers(table.column("predicted"))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged or foreign file
+            return f"{PREDICTIONS} cannot be read ({type(e).__name__}: {str(e)[:120]})"
+        labelled = gold != -1
+        ids = table.column("id").combine_chunks()
+        raw = hashlib.sha256(f"{ids.type}|{ids.offset}|{len(ids)}|".encode() + labelled.tobytes())
+        for buffer in ids.buffers()[1:]:
+            raw.update(b"|" if buffer is None else memoryview(buffer))
+        order = self._orders.get(raw.hexdigest())
+        if order is None:
+            order = self._orders[raw.hexdigest()] = _sorted_order(ids.to_pylist(), labelled)
+        if isinstance(order, str):
+            return order
+        key, permutation = order
+        return Answers(key, (predicted[labelled] == gold[labelled]).astype("int8")[permutation])
+
+
+def _integers(column: Any) -> Any:
+    """An int64 column as a numpy array, straight from its buffer."""
+    import numpy as np
+
+    array = column.combine_chunks()
+    if array.null_count:
+        raise ValueError(f"{array.null_count} missing values")
+    if str(array.type) != "int64":
+        return np.asarray(array.to_pylist(), dtype=np.int64)
+    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
+
+
+def _sorted_order(ids: list[Any], labelled: Any) -> tuple[str, Any] | str:
+    """(a name for the set of labelled question ids, the permutation sorting them), or why there is none."""
     import hashlib
 
     import numpy as np
-    import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path, columns=["id", "gold", "predicted"])
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged or foreign file
-        return f"{PREDICTIONS} cannot be read ({type(e).__name__}: {str(e)[:120]})"
-    gold = table.column("gold").to_numpy()
-    labelled = gold != -1
-    ids = table.column("id").to_numpy(zero_copy_only=False)[labelled]
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+    kept = np.asarray([str(i) for i in ids])[labelled]
+    permutation = np.argsort(kept, kind="stable")
+    kept = kept[permutation]
+    if len(kept) > 1 and (kept[1:] == kept[:-1]).any():
         return f"{PREDICTIONS} repeats question ids"
-    correct = (table.column("predicted").to_numpy()[labelled] == gold[labelled]).astype(np.int8)[order]
-    return Answers(hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest(), correct)
+    return hashlib.sha256("\n".join(kept.tolist()).encode()).hexdigest(), permutation
 
 
 # rows: experiment x dataset x model (x parameter variant) -----------------------------------------------------
@@ -417,18 +454,21 @@ class Pair:
         return "no significant difference"
 
 
-def _matched(a: Group, b: Group, answers: Callable[[Finished], Answers | None]) -> list[tuple[Answers, Answers]]:
-    """Runs of A and B paired by seed (when they share seeds; else each row's newest run), on the same questions."""
+def _matched(a: Group, b: Group, answers: Callable[[Finished], Answers | None]) -> tuple[list[tuple[Answers, Answers]], bool]:
+    """Runs of A and B paired by seed (when they share seeds; else each row's newest run), on the same questions;
+    and whether some pair had predictions on both sides (then an empty list means: other questions)."""
     sa, sb = a.by_seed(), b.by_seed()
     common = sorted(set(sa) & set(sb), key=lambda s: _seed_order(str(s)))
     candidates = [(sa[s], sb[s]) for s in common] or [(max(a.members, key=lambda m: m.recency),
                                                         max(b.members, key=lambda m: m.recency))]
-    out = []
+    out, compared = [], False
     for ra, rb in candidates:
         x, y = answers(ra), answers(rb)
-        if x is not None and y is not None and x.key == y.key:
-            out.append((x, y))
-    return out
+        if x is not None and y is not None:
+            compared = True
+            if x.key == y.key:
+                out.append((x, y))
+    return out, compared
 
 
 def compare(a: Group, b: Group, matched: list[tuple[Answers, Answers]]) -> Pair:
@@ -454,10 +494,10 @@ def pairs(groups: list[Group], answers: Callable[[Finished], Answers | None]) ->
         for b in groups[i + 1:]:
             if a.dataset != b.dataset:
                 continue
-            matched = _matched(a, b, answers)
+            matched, compared = _matched(a, b, answers)
             if matched:
                 out.append(compare(a, b, matched))
-            else:
+            elif compared:
                 unmatched += 1
     for p, adjusted in zip(out, significance.holm([p.p for p in out])):
         p.p_holm = adjusted
@@ -691,6 +731,7 @@ def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
 
     answers_cache: dict[str, Answers | None] = {}
     no_answers: dict[str, str] = {}
+    read_answers = AnswerReader()
 
     def answers(f: Finished) -> Answers | None:
         if f.id not in answers_cache:
@@ -825,7 +866,10 @@ def terminal_summary(report: Report, width: int = 200) -> str:
     rows = [[line.label, line.dataset, line.model, percent(line.accuracy), interval_text(line.interval),
              ("none" if line.paper and line.paper.accuracy is None else percent(line.paper.accuracy)) if line.paper else "",
              line.versus_paper] for line in report.lines]
-    out = [f"{len(report.finished)} finished run(s) in {paths.runs_dir()}",
+    found = f"{len(report.finished)} finished run(s) in {paths.runs_dir()}"
+    if not report.finished:
+        found += "; no finished runs yet: submit experiments with `medminds submit NAME --dataset SIZE`"
+    out = [found,
            wrapped_table(("row", "dataset", "model", "accuracy %", "95% interval", "paper %", "ours - paper"), rows, width)]
     if report.skipped:
         out.append(f"skipped {len(report.skipped)} run(s):")

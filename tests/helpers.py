@@ -191,6 +191,26 @@ def run_expert(run_id: str, cfg: Any, stop_at: int | None = None) -> dict:
     return expert.run(ctx, cfg)
 
 
+# the command line ------------------------------------------------------------------------------------------------
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2 and one `error:` line (rich may wrap it) holding every needle; no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.lstrip().startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def without_root_override() -> None:
+    """In the child: drop the capabilities that let root write where permissions say no (before exec)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set: gone after exec
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 # finished runs for the report ------------------------------------------------------------------------------------
 def finished_run(experiment: str, predicted: list[int], gold: list[int], *, dataset: str = "micro", model: str = "tiny",
                  seed: int | None = 0, subjects: list[str] | None = None, ids: list[str] | None = None,
