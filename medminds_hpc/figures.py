@@ -1,8 +1,9 @@
 """The report's figures as PNG bytes: accuracy beside the paper, confusion matrices, per-epoch curves, heatmaps.
 
 matplotlib is imported inside the functions (it costs about a second), through its object API with the Agg
-canvas: no pyplot state, no display needed on a login node. PNGs carry no "Software" or date text, so the same
-input gives the same bytes.
+canvas: no pyplot state, no display needed on a login node. Margins are set by hand from the labels' lengths
+(a layout engine draws every figure twice: 40% slower). PNGs carry no "Software" or date text, so the same input
+gives the same bytes.
 
 Routing statistics (mixture-of-experts runs) are read from metrics.json's "routing" in any of these shapes:
     {"experts": ["task", "domain"], "layers": [[[0.6, 0.4], ...per epoch], ...per layer]}
@@ -20,14 +21,20 @@ from typing import Any, Sequence
 
 DPI = 100
 LETTERS = ("A", "B", "C", "D")
+CHAR_INCHES = 0.0094  # width of a character per point of font size, for margins that fit the labels
+CELL_TEXT_LIMIT = 300  # heatmaps with more cells show colours only (each number is a text to lay out)
 
 
-def _figure(width: float, height: float) -> Any:
+def _figure(width: float, height: float, *, left: float = 0.7, right: float = 0.2, bottom: float = 0.6,
+            top: float = 0.4, wspace: float | None = None) -> Any:
+    """A figure of width x height inches whose axes leave these margins (inches) around them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
     return fig
 
 
@@ -37,11 +44,18 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _text_width(labels: Sequence[str], points: float) -> float:
+    return CHAR_INCHES * points * max((len(t) for t in labels), default=0)
+
+
 def accuracy(rows: Sequence[tuple[str, float | None, tuple[float, float] | None, float | None]],
              references: Sequence[tuple[str, float]], title: str) -> bytes:
     """One line per row: our accuracy (dot) with its 95% interval, the paper's number (diamond); references as
     vertical lines. `rows`: (label, ours or None, interval or None, paper or None), fractions 0-1."""
-    fig = _figure(10.0, 1.6 + 0.3 * max(len(rows), 1))
+    left = 0.3 + _text_width([r[0] for r in rows], 8)
+    legend_rows = math.ceil((2 + len(references)) / 2)
+    bottom = 0.6 + 0.18 * legend_rows
+    fig = _figure(left + 6.0, bottom + 0.4 + 0.28 * max(len(rows), 1), left=left, bottom=bottom, right=0.3)
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(rows)))[::-1]
     labelled: set[str] = set()  # each legend entry once
@@ -59,24 +73,26 @@ def accuracy(rows: Sequence[tuple[str, float | None, tuple[float, float] | None,
         if paper is not None:
             ax.plot([100 * paper], [y], "D", color="#d62728", label=label("paper"))
     styles = ("--", ":", "-.")
-    for i, (label, value) in enumerate(references):
-        ax.axvline(100 * value, color="#7f7f7f", linestyle=styles[i % len(styles)], linewidth=1, label=label)
+    for i, (name, value) in enumerate(references):
+        ax.axvline(100 * value, color="#7f7f7f", linestyle=styles[i % len(styles)], linewidth=1, label=name)
     ax.set_yticks(ys)
     ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    ax.set_ylim(-0.6, max(len(rows), 1) - 0.4)
     ax.set_xlabel("accuracy on MedMCQA validation (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if rows or references:
-        fig.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.45 / (0.28 * max(len(rows), 1))), ncol=2,
+                  frameon=False)
     return _png(fig)
 
 
 def confusion(matrix: Sequence[Sequence[int]], title: str) -> bytes:
     """Rows: the gold letter; columns: the predicted one; each cell's count, shaded by its share of the row."""
-    fig = _figure(3.6, 3.2)
+    fig = _figure(3.4, 3.3, left=0.6, bottom=0.55, top=0.35, right=0.15)
     ax = fig.add_subplot(1, 1, 1)
     shares = [[c / max(sum(row), 1) for c in row] for row in matrix]
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
             ax.text(j, i, f"{count}", ha="center", va="center", fontsize=8, color="white" if shares[i][j] > 0.6 else "black")
@@ -91,7 +107,8 @@ def confusion(matrix: Sequence[Sequence[int]], title: str) -> bytes:
 
 
 def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], title: str) -> bytes:
-    """Loss (training steps, validation epochs when recorded) and accuracy per epoch, against the epoch."""
+    """Loss (training steps, validation epochs when recorded) and accuracy per epoch, against the epoch; a panel
+    only for what was recorded."""
     train = [(s["epoch"], s["loss"]) for s in steps if _num(s.get("epoch")) and _num(s.get("loss"))]
     validation_loss = next(([(e["epoch"], e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))]
                             for key in ("eval_loss", "val_loss", "loss")
@@ -99,7 +116,7 @@ def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], ti
     accuracies = [(label, color, [(e["epoch"], 100 * e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))])
                   for key, label, color in (("train_accuracy", "training", "#1f77b4"), ("accuracy", "validation", "#d62728"))]
     panels = [p for p, wanted in (("loss", train or validation_loss), ("accuracy (%)", any(a[2] for a in accuracies))) if wanted]
-    fig = _figure(4.0 * max(len(panels), 1), 3.0)
+    fig = _figure(0.5 + 3.5 * max(len(panels), 1), 3.0, left=0.7, top=0.45, bottom=0.55, wspace=0.35)
     for i, what in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         if what == "loss":
@@ -121,44 +138,51 @@ def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], ti
 
 def heatmap(row_labels: Sequence[str], column_labels: Sequence[str], values: Sequence[Sequence[float | None]],
             flagged: set[tuple[int, int]], title: str) -> bytes:
-    """Accuracy per row and subject (%, blank where there is none); flagged cells (subject absent from training)
-    get an asterisk."""
-    fig = _figure(1.6 + 0.45 * max(len(column_labels), 1), 1.4 + 0.3 * max(len(row_labels), 1))
+    """Accuracy per row and subject (%, blank where there is none), each cell's number when there are few cells;
+    flagged cells (subject absent from training) get an asterisk."""
+    left, bottom = 0.3 + _text_width(row_labels, 7), 0.3 + 0.8 * _text_width(column_labels, 7)
+    width = left + 1.3 + 0.32 * max(len(column_labels), 1)
+    fig = _figure(width, bottom + 0.45 + 0.22 * max(len(row_labels), 1), left=left, bottom=bottom, top=0.35, right=1.1)
     ax = fig.add_subplot(1, 1, 1)
     grid = [[math.nan if v is None else 100 * v for v in row] for row in values] or [[math.nan]]
     image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+    numbers = len(row_labels) * len(column_labels) <= CELL_TEXT_LIMIT
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            if v is not None:
-                ax.text(j, i, f"{100 * v:.0f}{'*' if (i, j) in flagged else ''}", ha="center", va="center", fontsize=6,
+            if v is not None and (numbers or (i, j) in flagged):
+                text = f"{100 * v:.0f}" if numbers else ""
+                ax.text(j, i, text + ("*" if (i, j) in flagged else ""), ha="center", va="center", fontsize=6,
                         color="white" if v < 0.6 else "black")
     ax.set_xticks(range(len(column_labels)))
-    ax.set_xticklabels(column_labels, rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels(column_labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_yticks(range(len(row_labels)))
     ax.set_yticklabels(row_labels, fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.4 / width, pad=0.1 / width)
     return _png(fig)
 
 
 def routing(shares: list[list[list[float]]], experts: Sequence[str], title: str) -> bytes:
     """One heatmap per expert: layer (rows) x epoch (columns), the share of tokens the router sent to it."""
     layers, epochs = len(shares), len(shares[0])
-    fig = _figure(1.2 + 2.2 * len(experts) + 0.2 * epochs, max(2.6, 1.2 + 0.18 * layers))
+    width = 1.5 + (1.6 + 0.15 * epochs) * len(experts)
+    fig = _figure(width, max(2.6, 1.3 + 0.12 * layers), left=0.6, right=0.9, top=0.6, bottom=0.5, wspace=0.25)
+    axes = []
     for e, name in enumerate(experts):
         ax = fig.add_subplot(1, len(experts), e + 1)
+        axes.append(ax)
         image = ax.imshow([[shares[layer][epoch][e] for epoch in range(epochs)] for layer in range(layers)],
                           cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_title(f"share to {name}", fontsize=8)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch", fontsize=8)
         ax.set_xticks(range(epochs))
         ax.set_xticklabels([str(i + 1) for i in range(epochs)], fontsize=6)
         step = max(1, math.ceil(layers / 16))
         ax.set_yticks(range(0, layers, step))
-        ax.set_yticklabels([str(i) for i in range(0, layers, step)], fontsize=6)
+        ax.set_yticklabels([str(i) for i in range(0, layers, step)] if e == 0 else [], fontsize=6)
         if e == 0:
-            ax.set_ylabel("layer")
-    fig.colorbar(image, ax=fig.axes, fraction=0.05)
+            ax.set_ylabel("layer", fontsize=8)
+    fig.colorbar(image, ax=axes, fraction=0.5 / width, pad=0.15 / width)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 

@@ -15,7 +15,7 @@ What it writes (each format asked for; default all):
   each file holds, how the numbers are computed, and which runs were skipped and why.
 
 Reads run directories and never writes into them. Deterministic: the same runs give byte-identical files (no
-timestamps; seeded bootstrap; PNGs without metadata). Light: never imports torch, transformers, peft or datasets;
+timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch, transformers, peft or datasets;
 pyarrow (with numpy) only to read predictions.parquet, matplotlib only when figures are asked for.
 """
 
@@ -482,7 +482,7 @@ def compare(a: Group, b: Group, matched: list[tuple[Answers, Answers]]) -> Pair:
     acc_b = float(np.mean([y.correct.mean() for _, y in matched]))
     if acc_b > acc_a:
         return compare(b, a, [(y, x) for x, y in matched])
-    lo, hi = significance.paired_bootstrap(diff.tolist(), significance.stable_seed(a.long_label, b.long_label))
+    lo, hi = significance.paired_bootstrap(diff.tolist())
     only_a, only_b = int((diff > 0).sum()), int((diff < 0).sum())
     return Pair(a, b, k, n, acc_a, acc_b, only_a, only_b, significance.mcnemar_exact(only_a, only_b), (lo / k, hi / k))
 
@@ -535,8 +535,8 @@ def significance_table(found: list[Pair], unmatched: int, skipped_answers: dict[
              "seed and each question's differences summed: 'only A right' counts questions A gets right more often.",
              "McNemar p: exact two-sided test on those counts. Holm p: adjusted over all pairs here; the verdict uses it "
              "(0.05).",
-             f"bootstrap 95%: percentile interval of the accuracy difference over {significance.BOOTSTRAP_RESAMPLES:,} "
-             "resamples of the questions (seeded: the same runs give the same interval)."]
+             "bootstrap 95%: percentile interval of the accuracy difference when the questions are resampled, from the "
+             "bootstrap distribution computed exactly (as if with infinitely many resamples: no seed, no sampling error)."]
     if unmatched:
         notes.append(f"{unmatched} pair(s) of rows on the same dataset were scored on different questions and are not compared.")
     if skipped_answers:
@@ -636,10 +636,10 @@ def make_figures(lines: list[Line], grid: SubjectGrid, recent: list[Finished]) -
     shown = [line for line in lines if line.kind in ("run", "paper")]
     rows = [(f"paper: {line.paper.method}" if line.kind == "paper" and line.paper else f"{line.label} ({line.dataset}, {line.model})",
              line.accuracy, line.interval, line.paper.accuracy if line.paper else None) for line in shown]
-    refs = [(f"{line.label.split(' (')[0]} ({line.dataset})", line.accuracy) for line in lines
-            if line.kind == "reference" and line.accuracy is not None]
+    refs = {(line.label.split(" (")[0] + ("" if line.accuracy == CHANCE else f" ({line.dataset})")): line.accuracy
+            for line in lines if line.kind == "reference" and line.accuracy is not None}  # chance: one line
     out.append(Figure("accuracy.png", "Accuracy with 95% intervals beside the paper's numbers",
-                      figures.accuracy(rows, refs, "MedMCQA validation accuracy")))
+                      figures.accuracy(rows, list(refs.items()), "MedMCQA validation accuracy")))
     if grid.subjects and grid.groups:
         labels = [f"{g.label} ({g.dataset}, {g.model})" for g in grid.groups]
         out.append(Figure("per_subject.png", "Accuracy per subject (*: subject absent from training)",
@@ -828,7 +828,8 @@ def _readme(files: dict[str, bytes], context: _Context) -> str:
             "training + evaluation time.",
             "- Significance: for two rows on the same questions, runs paired by seed; McNemar's exact test on the "
             "questions one gets right more often than the other, Holm-adjusted over all pairs; bootstrap: "
-            f"{significance.BOOTSTRAP_RESAMPLES:,} seeded resamples of the questions.",
+            "the percentile interval of the accuracy difference with the questions resampled, from the bootstrap "
+            "distribution computed exactly (no seed, no sampling error).",
             "- Paper numbers: `results/paper.csv` in the repository (Tables 2 and 3 of the paper).", "",
             "## Runs skipped", ""]
     if context.skipped:

@@ -1,8 +1,8 @@
 """McNemar's exact test, the paired bootstrap, the interval over seeds and Holm's adjustment, against values
 worked out by hand."""
 
-import itertools
 import math
+from fractions import Fraction
 
 import pytest
 
@@ -29,36 +29,52 @@ def test_mcnemar_exact_with_thousands_of_discordant_questions():
 
 
 def exact_bootstrap_quantile(differences: list[int], q: float) -> float:
-    """The bootstrap distribution enumerated: every resample of the questions, weighted by its probability."""
+    """The bootstrap distribution by hand: one resampled question's difference convolved with itself n times, in
+    exact fractions; the smallest mean whose cumulative probability reaches q."""
     n = len(differences)
-    outcomes = sorted((sum(resample) / n, 1 / n ** n) for resample in itertools.product(differences, repeat=n))
-    total = 0.0
-    for value, weight in outcomes:
-        total += weight
-        if total >= q - 1e-12:
-            return value
-    return outcomes[-1][0]
+    one = {d: Fraction(differences.count(d), n) for d in set(differences)}
+    total = {0: Fraction(1)}
+    for _ in range(n):
+        step: dict[int, Fraction] = {}
+        for s, p in total.items():
+            for d, w in one.items():
+                step[s + d] = step.get(s + d, Fraction(0)) + p * w
+        total = step
+    cumulative = Fraction(0)
+    for s in sorted(total):
+        cumulative += total[s]
+        if cumulative >= Fraction(q).limit_denominator(1000):
+            return s / n
+    raise AssertionError("probabilities do not sum to 1")
 
 
 def test_paired_bootstrap_by_hand():
     """Four questions, A alone right on two: the mean difference resampled is X/4 with X ~ Binomial(4, 1/2); 0 and 1
     each have probability 1/16 > 2.5%, so the 95% interval is [0, 1] exactly."""
-    assert significance.paired_bootstrap([1, 1, 0, 0], seed=0) == (0.0, 1.0)
+    assert significance.paired_bootstrap([1, 1, 0, 0]) == (0.0, 1.0)
+    assert significance.paired_bootstrap([0, 0, 0]) == (0.0, 0.0) and significance.paired_bootstrap([-1]) == (-1.0, -1.0)
 
 
-def test_paired_bootstrap_matches_the_enumerated_distribution():
-    diffs = [1, 1, 1, -1, 0, 0]
-    low, high = significance.paired_bootstrap(diffs, seed=3, resamples=20_000)
-    assert low == pytest.approx(exact_bootstrap_quantile(diffs, 0.025), abs=1e-9)
-    assert high == pytest.approx(exact_bootstrap_quantile(diffs, 0.975), abs=1e-9)
+@pytest.mark.parametrize("diffs", [[1, 1, 1, -1, 0, 0], [2, -1, 0, 1, 0, -2, 0], [1, 0, 0, 0, 0, 0, 0, -1],
+                                   [1] * 9 + [-1] * 4 + [0] * 27])
+def test_paired_bootstrap_equals_the_distribution_by_hand(diffs):
+    assert significance.paired_bootstrap(diffs) == pytest.approx(
+        (exact_bootstrap_quantile(diffs, 0.025), exact_bootstrap_quantile(diffs, 0.975)), abs=1e-12)
 
 
-def test_paired_bootstrap_is_seeded():
-    diffs = [1] * 30 + [-1] * 20 + [0] * 150
-    assert significance.paired_bootstrap(diffs, seed=7) == significance.paired_bootstrap(diffs, seed=7)
-    low, high = significance.paired_bootstrap(diffs, seed=7)
-    assert low < 0.05 < high and high - low == pytest.approx(2 * 1.96 * math.sqrt((50 / 200 - 0.05 ** 2) / 200), rel=0.1)
-    assert significance.stable_seed("a", "b") == significance.stable_seed("a", "b") != significance.stable_seed("b", "a")
+def test_paired_bootstrap_matches_resampling_at_scale():
+    """Thousands of questions (the window around the mean, not the whole range) against 2,000 real resamples."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for diffs in ([1] * 300 + [-1] * 200 + [0] * 3683, rng.integers(-5, 6, 4183).tolist()):
+        low, high = significance.paired_bootstrap(diffs)
+        means = rng.choice(np.asarray(diffs), size=(2000, len(diffs))).mean(axis=1)
+        mc_low, mc_high = np.quantile(means, [0.025, 0.975])
+        sd = means.std()
+        assert abs(low - mc_low) < 0.2 * sd and abs(high - mc_high) < 0.2 * sd, (low, mc_low, high, mc_high, sd)
+        # and the normal approximation, which is close at this size
+        assert low == pytest.approx(np.mean(diffs) - 1.96 * np.std(diffs) / len(diffs) ** 0.5, abs=0.1 * sd)
 
 
 def test_interval_over_seeds_by_hand():
