@@ -15,8 +15,9 @@ What it writes (each format asked for; default all):
   each file holds, how the numbers are computed, and which runs were skipped and why.
 
 Reads run directories and never writes into them. Deterministic: the same runs give byte-identical files (no
-timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch, transformers, peft or datasets;
-pyarrow (with numpy) only to read predictions.parquet, matplotlib only when figures are asked for.
+timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch,
+transformers, peft, datasets or pandas; pyarrow (with numpy) only to read predictions.parquet, matplotlib only when
+figures are asked for (png, html).
 """
 
 from __future__ import annotations
