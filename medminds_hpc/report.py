@@ -775,8 +775,9 @@ class _Context:
     formats: tuple[str, ...]
 
     def about(self) -> str:
-        return (f"{len(self.finished)} finished run(s) reported, {len(self.skipped)} skipped, from "
-                f"$MEDMINDS_HOME/runs. Per-run figures: the {len(self.recent)} most recent of them.")
+        figures = ("png" in self.formats or "html" in self.formats) and self.recent
+        return (f"{len(self.finished)} finished run(s) reported, {len(self.skipped)} skipped, from $MEDMINDS_HOME/runs."
+                + (f" Per-run figures: the {len(self.recent)} most recent of them." if figures else ""))
 
 
 def _index_html(tables: list[Table], figs: list[Figure], context: _Context) -> str:
