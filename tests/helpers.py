@@ -219,6 +219,55 @@ def run_expert(run_id: str, cfg: Any, stop_at: int | None = None) -> dict:
     return expert.run(ctx, cfg)
 
 
+# the command line ------------------------------------------------------------------------------------------------
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2 and one `error:` line (rich may wrap it) holding every needle; no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.lstrip().startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def without_root_override() -> None:
+    """In the child: drop the capabilities that let root write where permissions say no (before exec)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set: gone after exec
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+# finished runs for the report ------------------------------------------------------------------------------------
+def finished_run(experiment: str, predicted: list[int], gold: list[int], *, dataset: str = "micro", model: str = "tiny",
+                 seed: int | None = 0, subjects: list[str] | None = None, ids: list[str] | None = None,
+                 params: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, predictions: bool = True, train_seconds: float = 3600.0,
+                 eval_seconds: float = 360.0) -> runs.Run:
+    """A COMPLETED run of `experiment` whose metrics.json and predictions.parquet say it answered `predicted`
+    (0-3 per question) to questions with answers `gold`, written through the stages' own functions."""
+    import numpy as np
+
+    from medminds_hpc import results
+    from medminds_hpc.training import metrics
+
+    ids = ids or [f"q{i:05d}" for i in range(len(gold))]
+    subjects = subjects or ["Anatomy"] * len(gold)
+    scores = 4.0 * np.eye(4)[predicted] - 2.0
+    params = {**(params or {}), **({} if seed is None else {"seed": seed})}
+    identity = {"experiment": experiment, "dataset": dataset, "model": model, "params": params}
+    run = runs.create(runs.make_run_id(experiment, dataset, identity),
+                      {"experiment": experiment, "stage": experiment.split("-")[0], "dataset": dataset, "model": model,
+                       "params": params, **(record or {})})
+    evaluation = metrics.evaluate_predictions(ids, gold, scores, subjects=subjects)
+    if predictions:
+        metrics.write_predictions(run.dir, ids, subjects, gold, scores=scores, score_kind="logit")
+    results.write(run, {**evaluation, **(extra or {})}, train_seconds=train_seconds, eval_seconds=eval_seconds)
+    run.update(lambda d: d.update(state=runs.COMPLETED, finished_at=runs.now()))
+    return run
+
+
 # the dev Slurm cluster ----------------------------------------------------------------------------------------
 def slurm_options(**kw):
     kw.setdefault("executor", "slurm")

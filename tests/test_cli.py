@@ -26,7 +26,7 @@ def assert_user_error(proc, *needles, home=None):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "expert-task", "--cluster", "generic"], ["status"], ["status", "--json"],
-                                  ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"]])
+                                  ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"], ["report", "--format", "md,csv,tex"]])
 def test_cli_never_imports_heavy_libraries(args, medminds_home):
     code = (
         "import sys, runpy; sys.argv = ['medminds', *sys.argv[1:]]\n"
