@@ -16,10 +16,10 @@ from tests.helpers import make_expert
 
 DOMAIN_TARGETS = ("q_proj", "k_proj", "o_proj", "gate_proj", "down_proj")  # another set than the task expert's
 SPECS = {  # a spread of settings: each kind, both mixes, both granularities
-    "linear-hard": MoESpec(hard=True),
-    "linear-soft": MoESpec(hard=False, mix="deltas"),
+    "linear-hard": MoESpec(hard=True, granularity="token"),
+    "linear-soft": MoESpec(hard=False, mix="deltas", granularity="token"),
     "topk": MoESpec(router="topk", granularity="sequence"),
-    "mlp-deltas": MoESpec(router="mlp", hard=False, mix="deltas", router_hidden=8),
+    "mlp-deltas": MoESpec(router="mlp", hard=False, mix="deltas", granularity="token", router_hidden=8),
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,7 +144,7 @@ def test_every_router_gets_a_gradient(home, experts, batch, kind):
 
 @pytest.mark.parametrize("mix", ["outputs", "deltas"])
 def test_gradient_checkpointing_recomputes_the_same_routing(home, experts, batch, mix):
-    spec = MoESpec(router="topk", mix=mix, capacity_factor=0.6)  # noise, capacity and both experts in play
+    spec = MoESpec(router="topk", mix=mix, granularity="token", capacity_factor=0.6)  # noise, capacity, both experts
     plain, loss = classifier_loss(experts, spec, batch)
     ckpt, loss_ckpt = classifier_loss(experts, spec, batch, checkpointing=True)
     layers = ckpt.mixture.layers
@@ -220,16 +220,19 @@ def test_sequence_routing_reads_real_tokens_only():
 
 # capacity --------------------------------------------------------------------------------------------------------
 def test_overflow_goes_to_the_next_choice_then_to_no_expert():
-    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.95, 0.05], [0.55, 0.45], [0.5, 0.5]])
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.95, 0.05], [0.55, 0.45], [0.5, 0.5]])
     real = torch.tensor([True] * 6 + [False])  # the last unit is padding
     placed, rerouted = routers.assign(probs, real, k=1, capacity=2)
-    # expert 0 keeps its two most probable (units 4 and 0); of the rest, expert 1 takes the two most probable for
-    # it (units 5 and 3); units 1 and 2 get no expert; padding keeps its top choice, uncounted
-    assert placed.tolist() == [[True, False], [False, False], [False, False], [False, True], [True, False],
-                               [False, True], [True, False]]
-    assert rerouted.tolist() == [False, False, False, True, False, True, False]
+    # expert 0 keeps the first two units that chose it (0 and 2); of its overflow (3, 4, 5), expert 1 has room for
+    # one after unit 1, its own choice: unit 3, the earliest; units 4 and 5 get no expert; padding keeps its top
+    # choice, uncounted
+    assert placed.tolist() == [[True, False], [False, True], [True, False], [False, True], [False, False],
+                               [False, False], [True, False]]
+    assert rerouted.tolist() == [False, False, False, True, False, False, False]
     assert routers.expert_capacity(units=6, k=1, num_experts=2, capacity_factor=2 / 3) == 2
-    assert routers.assign(probs, real, k=1, capacity=None)[0][:, 0].all()  # no capacity: everyone's first choice
+    assert torch.equal(routers.assign(probs, real, k=1, capacity=None)[0], torch.nn.functional.one_hot(probs.argmax(-1), 2).bool())
+    both, _ = routers.assign(probs, real, k=2, capacity=routers.expert_capacity(6, 2, 2, 1.0))
+    assert both.all()  # k = 2 of 2: capacity counts both assignments of each unit
 
 
 def layer0_inputs(lm, batch):
@@ -249,7 +252,7 @@ def layer0_inputs(lm, batch):
 def test_capacity_overflow_is_handled_as_documented(home, experts, batch, mix):
     from medminds_hpc import compat
 
-    spec = MoESpec(router="topk", mix=mix, noise=0.0, capacity_factor=0.5)
+    spec = MoESpec(router="topk", mix=mix, granularity="token", noise=0.0, capacity_factor=0.5)
     lm, mx = mixture(experts, spec)
     layer = mx.layers[0]
     with torch.no_grad():  # every token prefers the task expert
@@ -266,6 +269,9 @@ def test_capacity_overflow_is_handled_as_documented(home, experts, batch, mix):
     handle.remove()
     units = int(batch[1].sum())
     capacity = routers.expert_capacity(units, 1, 2, 0.5)
+    with torch.no_grad():
+        assert routing.used() == [0, 1] and layer.router.eval()(hidden, mx.state.token_mask).used() == [0]  # sparse at evaluation
+    layer.router.train()
     stats = routers.summarize(0, mx.stats.totals[0].tolist(), mx.names)
     assert stats["units"] == units and stats["share"]["task"] == round(capacity / units, 6)
     assert stats["rerouted"] == stats["share"]["domain"] == round(capacity / units, 6)  # all of the domain's room

@@ -76,7 +76,7 @@ def test_a_run_writes_the_metrics_contract_routing_statistics_and_routers_that_m
     for epoch in routing["epochs"]:
         assert [layer["layer"] for layer in epoch["layers"]] == [0, 1]
         for layer in epoch["layers"]:
-            assert layer["units"] > TRAIN * 20  # every real token of the epoch, once
+            assert layer["units"] == TRAIN  # every question of the epoch, once (sequence granularity)
             assert sum(layer["share"].values()) == pytest.approx(1.0) and set(layer["share"]) == {"task", "domain"}
     assert [v["layer"] for v in routing["validation"]] == [0, 1]
     logged = [r for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if r.get("routing")]
@@ -104,7 +104,7 @@ def test_a_run_stopped_and_resumed_ends_like_an_uninterrupted_one(home, stop_at)
     import pandas as pd
     import torch
 
-    cfg = config(router="topk", mix="deltas", capacity_factor=1.0, epochs=3.0)  # noise and overflow in play
+    cfg = config(router="topk", mix="deltas", granularity="token", capacity_factor=1.0, epochs=3.0)  # noise, overflow
     whole_id, stopped_id = f"moe-topk-micro-{stop_at:04d}0000", f"moe-topk-micro-{stop_at:04d}0001"
     whole = moe.run(stage_ctx(whole_id, needs=NEEDS), cfg)
     stopped = stage_ctx(stopped_id, needs=NEEDS, stop_at=stop_at)

@@ -3,8 +3,9 @@ experts' adapters by name (`features.load_experts`), and a 4-way head on the las
 
 Expert e's decoder layer l is the base layer l with adapter e's LoRA deltas, through peft's own LoRA layers.
 How the router's gates g (routers.py) combine the experts (`spec.mix`):
-- "outputs" (the paper's semantics): the layer runs once per expert that receives any weight in the batch, each
-  time with its LoRA layers routed to that expert alone, and the outputs are summed with the gates:
+- "outputs" (the paper's semantics): the layer runs once per expert it needs (those with any weight in the batch;
+  every one while gradients flow, see routers.py), each time with its LoRA layers routed to that expert alone,
+  and the outputs are summed with the gates:
   `sum_e g_e * layer_e(h)`. With one expert chosen (gate 1) this is exactly expert e's next layer;
 - "deltas" (cheaper: one pass): every LoRA-wrapped projection adds `sum_e g_e * dW_e x`; the gate scales each
   adapter's input (a pre-hook on its lora_A, as peft's X-LoRA scales it), and peft's LoRA forward does the rest.
@@ -71,17 +72,11 @@ class MixedDecoderLayer(nn.Module):
         self.mix = mix
         self.state = state
         self._gates: torch.Tensor | None = None  # deltas: the gates the lora_A pre-hooks read during the pass
-        self._hooks = []
         if mix == "deltas":
             for module in lora_layers(layer):
                 for e, name in enumerate(self.names):
                     if name in module.lora_A:
-                        self._hooks.append(module.lora_A[name].register_forward_pre_hook(functools.partial(self._scale_input, e)))
-
-    def remove_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+                        module.lora_A[name].register_forward_pre_hook(functools.partial(self._scale_input, e))
 
     def _scale_input(self, expert: int, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """lora_A of `expert` sees its input times the expert's gate, so the LoRA layer adds g_e * dW_e x."""

@@ -22,7 +22,7 @@ NUM_EXPERTS = 2
 class MoESpec:
     router: str = "linear"
     mix: str = "outputs"
-    granularity: str = "token"
+    granularity: str = "sequence"
     hard: bool = False
     top_k: int = 1
     capacity_factor: float = 1.25

@@ -9,7 +9,7 @@ train_experts=true.
 
     medminds submit moe-linear --dataset mini                       # the experts first, then the mixture
     medminds submit moe-topk --dataset mini -o mix=deltas           # one base pass per layer instead of two
-    medminds submit moe-linear -d micro -o granularity=sequence -o head_init=letters
+    medminds submit moe-linear -d micro -o granularity=token -o head_init=letters
 
 Routing statistics (per layer: the share of tokens or questions sent to each expert, their mean probability, gate
 entropy, overflow) are logged per training epoch into metrics.jsonl (`"routing": true` records) and, with the
@@ -46,14 +46,14 @@ CALLBACK = "RoutingStatistics"  # the routing statistics' name in the Trainer's 
 class Config(TrainOptions):
     router: Literal["linear", "topk", "mlp"] = field(default="linear", metadata=doc("router kind before each decoder layer"))
     hard: bool = field(default=True, metadata=doc(
-        "linear and mlp routers: each unit takes its top-1 expert (the paper), the gradient reaching the router "
-        "through the gate value; false: a soft mix of both experts"))
+        "linear and mlp routers: each unit takes its top-1 expert (the paper; the router learns through a "
+        "straight-through soft gradient); false: a soft mix of both experts"))
     mix: Literal["outputs", "deltas"] = field(default="outputs", metadata=doc(
         "outputs: the gate-weighted sum of each expert's layer output (the paper; one layer pass per expert used); "
         "deltas: the gate-weighted LoRA deltas inside one base pass (cheaper)"))
-    granularity: Literal["token", "sequence"] = field(default="token", metadata=doc(
-        "token: every token routed on its own state; sequence: one decision per question, from the mean of its "
-        "real tokens' states"))
+    granularity: Literal["token", "sequence"] = field(default="sequence", metadata=doc(
+        "sequence: one decision per question, from the mean of its real tokens' states (each expert was trained as "
+        "a whole model: it learns far more reliably); token: every token routed on its own state"))
     top_k: int = field(default=1, metadata=doc("experts per token for the top-k router"))
     capacity_factor: float = field(default=1.25, metadata=doc(
         "top-k router: tokens an expert may take, times the even share; overflow goes to the next choice, then "
