@@ -35,6 +35,7 @@ from torch import nn
 
 from medminds_hpc.errors import UserError
 from medminds_hpc.modeling.heads import LastTokenClassifier, decoder_of
+from medminds_hpc.modeling.lora import NON_REENTRANT
 from medminds_hpc.modeling.moe_spec import MoESpec
 from medminds_hpc.modeling.routers import Router, Routing, RoutingStats, build_router, stats_width
 
@@ -61,7 +62,7 @@ class MixtureState:
 class MixedDecoderLayer(nn.Module):
     """Decoder layer `layer` of the shared base (with both experts' LoRA layers inside) behind its router."""
 
-    gradient_checkpointing = False  # set (with _gradient_checkpointing_func) by transformers' activation checkpointing
+    gradient_checkpointing = False  # set by transformers' activation checkpointing (on every module with the flag)
 
     def __init__(self, layer: nn.Module, router: Router, index: int, names: Sequence[str], mix: str, state: MixtureState) -> None:
         super().__init__()
@@ -108,7 +109,9 @@ class MixedDecoderLayer(nn.Module):
         routing = self.route(hidden_states)
         run = functools.partial(self._mixed, routing.used(), *args, **kwargs)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(run, hidden_states, routing.gates, routing.unplaced)
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(run, hidden_states, routing.gates, routing.unplaced, **NON_REENTRANT)
         return run(hidden_states, routing.gates, routing.unplaced)
 
     def _adopt_checkpointing(self) -> None:
@@ -116,7 +119,6 @@ class MixedDecoderLayer(nn.Module):
         whatever routing the LoRA layers have by the time of the backward."""
         if getattr(self.layer, "gradient_checkpointing", False):
             self.gradient_checkpointing = True
-            self._gradient_checkpointing_func = self.layer._gradient_checkpointing_func
             self.layer.gradient_checkpointing = False
 
     def _mixed(self, used: list[int], hidden_states: torch.Tensor, gates: torch.Tensor, unplaced: torch.Tensor | None,
