@@ -24,7 +24,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
