@@ -153,8 +153,10 @@ def test_unknown_executor(medminds_home):
     assert_user_error(run_cli("submit", "doctor", "-d", "micro", "--executor", "pbs"), "unknown executor 'pbs'", home=medminds_home)
 
 
-def test_unimplemented_stage(medminds_home):
-    assert_user_error(run_cli("submit", "moe-topk", "-d", "micro", "--executor", "local"), "stage 'moe' has a config but no run function yet", home=medminds_home)
+def test_unimplemented_stage(medminds_home, jobs_dir):
+    write_job(jobs_dir, "unbuilt", 'stage = "tests.stages.unbuilt"\n')
+    assert_user_error(run_cli("submit", "unbuilt", "-d", "micro", "--executor", "local", env={"MEDMINDS_JOBS": str(jobs_dir)}),
+                      "stage 'tests.stages.unbuilt' has a config but no run function yet", home=medminds_home)
 
 
 def test_run_that_matches_nothing():
