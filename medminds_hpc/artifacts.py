@@ -22,8 +22,9 @@ CLASSIFIER = "classifier"  # a classifier baseline: its LoRA + head.safetensors 
 FEATURES = "features"  # cached last-token hidden states of frozen experts
 ROUTER = "router"  # the routers of a mixture of experts
 MERGED = "merged"  # the two experts' adapters merged into one LoRA adapter (peft format)
+ENSEMBLE = "ensemble"  # an ensemble head over the two experts (+ their adapters when they trained with it)
 
-NAMES = (ADAPTER, EXPERT_INFO, BEST, CLASSIFIER, FEATURES, ROUTER, MERGED)
+NAMES = (ADAPTER, EXPERT_INFO, BEST, CLASSIFIER, FEATURES, ROUTER, MERGED, ENSEMBLE)
 
 
 def path(run: "Run", name: str) -> Path:

@@ -134,3 +134,15 @@ def trainer_with_hooks(
 
     Hooked.__name__ = Hooked.__qualname__ = f"Hooked{trainer_class.__name__}"
     return Hooked
+
+
+# peft ------------------------------------------------------------------------------------------------------------
+def route_adapter_layers(model: Any, name: str) -> None:
+    """Make every LoRA layer of the PeftModel `model` compute with adapter `name` alone, leaving requires_grad as it
+    is. peft's own `set_adapter` also freezes every other adapter, which would stop two adapters from training side
+    by side in one forward pass (one pass per adapter)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module._active_adapter = name

@@ -52,6 +52,7 @@ class Resolved:
     model: str | None
     config: Any
     resource_overrides: dict[str, Any]
+    shards: int = 1  # tasks of the job array (the experiment's `shards`, or -o shards=N)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class Resolved:
     def identity(self, needs: dict[str, str]) -> dict[str, Any]:
         """What the run id hashes: what the run computes, not where it runs."""
         return {"experiment": self.experiment.name, "stage": self.experiment.stage, "dataset": self.dataset,
-                "model": self.model, "params": self.params, "needs": needs, "shards": self.experiment.shards}
+                "model": self.model, "params": self.params, "needs": needs, "shards": self.shards}
 
 
 def available() -> list[str]:
@@ -182,8 +183,15 @@ def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: 
     cls = stage.config_class()
     merged = {**exp.params, **exp.params_by_size.get(dataset, {})}
     resource_overrides: dict[str, Any] = {}
+    shards = exp.shards
     problems = []
     for key, value in parse_overrides(overrides or []):
+        if key == "shards":
+            if not value.strip().isdigit() or int(value) < 1:
+                problems.append(f"-o shards={value}: expected a positive integer, the number of tasks of the job array")
+            else:
+                shards = int(value)
+            continue
         if key.startswith("resources."):
             sub = key.split(".", 1)[1]
             values, errs = config.check_mapping(clusters.Resources, {sub: value}, from_text=True)
@@ -194,11 +202,11 @@ def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: 
         merged.update(values)
         for e in errs:
             if e.startswith("unknown key"):
-                problems.append(f"-o {key}: {e} (or resources.{{{', '.join(config.field_types(clusters.Resources))}}})")
+                problems.append(f"-o {key}: {e} (or shards, or resources.{{{', '.join(config.field_types(clusters.Resources))}}})")
             else:
                 problems.append(f"-o {e}")
     if problems:
         raise UserError(f"experiment {exp.name}: " + "; ".join(problems))
     cfg = config.build(cls, merged, f"experiment {exp.name}")
     use_model = (model or exp.model or DEFAULT_MODEL) if stage.uses_model else None
-    return Resolved(exp, dataset, use_model, cfg, resource_overrides)
+    return Resolved(exp, dataset, use_model, cfg, resource_overrides, shards)

@@ -169,8 +169,8 @@ def make_executor(executor: str, run_id: str, resources: clusters.JobResources, 
 def sbatch_script(p: PlannedRun, dependencies: list[str]) -> str:
     """The sbatch script submitit will write for this run (for --dry-run and the golden test)."""
     ex = make_executor("slurm", p.run_id, p.resources, dependencies, script_only=True)
-    if p.resolved.experiment.shards > 1:
-        ex.parameters["map_count"] = p.resolved.experiment.shards
+    if p.resolved.shards > 1:
+        ex.parameters["map_count"] = p.resolved.shards
     return compat.sbatch_text(ex)
 
 
@@ -179,7 +179,7 @@ def _record(p: PlannedRun, executor: str) -> dict[str, Any]:
         "experiment": p.name, "stage": p.resolved.experiment.stage, "dataset": p.resolved.dataset,
         "config_hash": p.run_id.rsplit("-", 1)[-1],  # make_run_id's last part
         "model": p.resolved.model, "params": p.resolved.params, "needs": p.needs,
-        "shards": p.resolved.experiment.shards, "executor": executor, "cluster": p.resources.cluster,
+        "shards": p.resolved.shards, "executor": executor, "cluster": p.resources.cluster,
         "resources": vars(p.resources).copy(), "experiment_file": str(p.resolved.experiment.path),
         "python": sys.executable, "headline_metric": p.resolved.experiment.stage_info.headline,
     }
@@ -338,7 +338,7 @@ def _submit_one(p: PlannedRun, run: runs.Run, executor: str, deps: list[str]) ->
     from medminds_hpc.job import StageJob
 
     ex = make_executor(executor, p.run_id, p.resources, deps)
-    shards = p.resolved.experiment.shards
+    shards = p.resolved.shards
     try:
         jobs = ex.submit_array([StageJob(run.dir, i) for i in range(shards)]) if shards > 1 else [ex.submit(StageJob(run.dir))]
     except Exception as e:

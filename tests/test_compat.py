@@ -103,7 +103,7 @@ def test_trainer_saves_the_model_through_the_hook(tmp_path):
 
 PRIVATE_USES = [r"\._usr_sig\b", r"\._requeue\(", r"\._make_submission_file_text\b", r"\._submitit_command_str\b",
                 r"utils(\.| import )temporary_save_path\b", r"\._timeout_(min|countdown)\b", r"def _save\(", r"def _save_checkpoint\(",
-                r"def _load_from_checkpoint\(", r"def _submit_command\(", r"local\.subprocess\b"]
+                r"def _load_from_checkpoint\(", r"def _submit_command\(", r"local\.subprocess\b", r"\._active_adapter\b"]
 
 
 def test_session_local_executor_starts_the_controller_in_its_own_session(tmp_path):
@@ -121,6 +121,30 @@ def test_session_local_executor_starts_the_controller_in_its_own_session(tmp_pat
     job = ex.submit(os.getsid, 0)
     assert job.result() != os.getsid(0) and log.exists()  # a session of its own, its output in the log
     assert local.subprocess is subprocess  # the patch is undone
+
+
+def test_routing_lora_layers_to_one_adapter_keeps_both_trainable():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["0"], init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["0"], init_lora_weights=False))
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name
+    x = torch.randn(3, 4)
+    outputs = {}
+    for name in ("a", "b"):
+        compat.route_adapter_layers(model, name)
+        layer = next(m for m in model.modules() if isinstance(m, BaseTunerLayer))
+        assert layer.active_adapters == [name] or layer.active_adapter == name
+        outputs[name] = model(x)
+    (outputs["a"].sum() + outputs["b"].sum()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    assert len(grads) == 2 and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    assert not torch.allclose(outputs["a"], outputs["b"])
 
 
 def test_no_module_but_compat_touches_these_private_apis():

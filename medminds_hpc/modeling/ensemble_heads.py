@@ -177,6 +177,72 @@ HEADS: dict[str, type[EnsembleHead]] = {"weighted": WeightedHead, "transformer":
                                         "late-fusion": LateFusionHead}
 
 
+# what the Trainer trains ---------------------------------------------------------------------------------------
+def _output(logits: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if labels is None:
+        return {"logits": logits}
+    # cross-entropy on raw logits against integer class ids: the one and only softmax is in here
+    return {"loss": nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long()), "logits": logits}
+
+
+class CachedEnsemble(nn.Module):
+    """A head over cached states (`features.load`): batches of task_states, domain_states and labels."""
+
+    def __init__(self, head: EnsembleHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return _output(self.head(task_states, domain_states), labels)
+
+
+class LiveEnsemble(nn.Module):
+    """A head over both experts computed at every step: one pass per adapter through the one shared base.
+
+    `lm` is the PeftModel of `features.load_experts` (adapters "task" and "domain"). With `train_experts` both
+    adapters' LoRA weights train with the head (each pass routes the LoRA layers to one adapter without freezing
+    the other); without it the experts run under no_grad, which computes exactly what the feature cache holds."""
+
+    def __init__(self, lm: nn.Module, head: EnsembleHead, train_experts: bool, names: Sequence[str] = ("task", "domain")) -> None:
+        super().__init__()
+        self.lm = lm
+        self.head = head
+        self.names = tuple(names)
+        self.train_experts = train_experts
+        self.config = getattr(lm, "config", None)  # what the Trainer and loggers look up
+        lm.base_model.enable_adapter_layers()
+        for name, param in lm.named_parameters():
+            param.requires_grad = train_experts and "lora_" in name and any(f".{n}." in name for n in self.names)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **_: object) -> None:
+        """How the Trainer turns gradient checkpointing on: in the LM inside (it matters only with train_experts)."""
+        from medminds_hpc.modeling.lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(self.lm, activation_checkpointing_kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the name transformers < 5 calls
+
+    def expert_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each expert's final hidden state at the last real token, in `names` order."""
+        from medminds_hpc import compat
+        from medminds_hpc.modeling.features import last_token_states
+        from medminds_hpc.modeling.heads import last_real_index
+
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "last_index": last_real_index(attention_mask)}
+        out = []
+        for name in self.names:
+            compat.route_adapter_layers(self.lm, name)
+            with torch.set_grad_enabled(self.train_experts and torch.is_grad_enabled()):
+                out.append(last_token_states(self.lm, batch).float())
+        return out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        task, domain = self.expert_states(input_ids, attention_mask)
+        return _output(self.head(task, domain), labels)
+
+
 # the factory -------------------------------------------------------------------------------------------------
 def check_head_inputs(method: str, reduce: str, lm_head_weight: torch.Tensor, letter_ids: Sequence[int]) -> None:
     """Every problem with the factory's arguments, as one UserError naming the argument and its valid values."""

@@ -167,7 +167,6 @@ def hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], *, names: Se
     from medminds_hpc.modeling.adapters import use_adapter
     from medminds_hpc.modeling.heads import decoder_of
 
-    device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     hidden = int(decoder_of(model).config.hidden_size)
     out = {name: np.zeros((len(texts), hidden), dtype=np.float32) for name in names}
@@ -178,12 +177,24 @@ def hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], *, names: Se
         for name in names:
             with use_adapter(model, name):
                 for idx, batch in batches:
-                    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padding-independent positions
-                    states = decoder_of(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                    last = states.last_hidden_state[torch.arange(len(idx), device=device), batch["last_index"].to(device)]
-                    out[name][idx] = last.float().cpu().numpy()
+                    out[name][idx] = last_token_states(model, batch).float().cpu().numpy()
     return out
+
+
+def last_token_states(model: Any, batch: Mapping[str, Any]) -> Any:
+    """(rows, hidden): the decoder's final normed state at each row's `last_index`, through the active adapter(s).
+
+    Differentiable (the caller decides about no_grad); positions come from the attention mask, so the padding side
+    does not change the result."""
+    import torch
+
+    from medminds_hpc.modeling.heads import decoder_of
+
+    device = next(model.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    states = decoder_of(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return states.last_hidden_state[torch.arange(ids.shape[0], device=device), batch["last_index"].to(device)]
 
 
 # the cache's identity ----------------------------------------------------------------------------------------
@@ -446,3 +457,41 @@ def letter_logits(model: Any, tokenizer: Any, states: Any) -> Any:
     out = x @ weight.T
     bias = getattr(head, "bias", None)
     return out + bias.detach()[letters].float() if bias is not None else out
+
+
+# the frozen LM head beside the cache -------------------------------------------------------------------------
+LM_HEAD_FILE = "lm_head.safetensors"
+
+
+def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Sequence[ExpertInfo]) -> None:
+    """The base's LM head weight (in its own dtype) and the ids of " A".." D", beside the cache: a head trained
+    from the cache needs nothing else of the base, so it never loads the model."""
+    from safetensors.torch import save
+
+    from medminds_hpc.data import prompts
+
+    head = _lm_head(model)
+    if getattr(head, "bias", None) is not None:
+        raise UserError(f"{type(head).__name__} LM head has a bias; cached states give its logits only for a bias-free "
+                        "LM head (Mistral, Llama)")
+    meta = {"model": experts[0].model, "tokenizer": experts[0].tokenizer,
+            "letter_ids": json.dumps(prompts.letter_token_ids(tokenizer))}
+    weight = head.weight.detach().cpu().contiguous()
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write_bytes(Path(directory) / LM_HEAD_FILE, save({"weight": weight}, metadata=meta))
+
+
+def load_lm_head(directory: Path | str, experts: Sequence[ExpertInfo]) -> tuple[Any, list[int]] | None:
+    """(float32 weight vocab x hidden, letter ids) saved for these experts' base and tokenizer, or None when the
+    file is missing, unreadable or was saved for another base."""
+    from safetensors import safe_open
+
+    path = Path(directory) / LM_HEAD_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("model") != experts[0].model or meta.get("tokenizer") != experts[0].tokenizer:
+                return None
+            return f.get_tensor("weight").float(), [int(i) for i in json.loads(meta["letter_ids"])]
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None

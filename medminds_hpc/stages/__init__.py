@@ -93,6 +93,7 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("expert", "medminds_hpc.stages.expert", "LoRA SFT of one expert (task: ARC, domain: medical instruct)"),
         StageInfo("baseline-nextword", "medminds_hpc.stages.baseline", "score ' A'..' D' at the answer position", config="NextWordConfig", run="run_nextword"),
         StageInfo("baseline-classifier", "medminds_hpc.stages.baseline", "4-way head + LoRA on a base or expert", config="ClassifierConfig", run="run_classifier"),
+        StageInfo("features", "medminds_hpc.stages.features", "cache both frozen experts' last-token states on MedMCQA (a job array over shards)"),
         StageInfo("ensemble", "medminds_hpc.stages.ensemble", "heads over the two experts' last-token outputs"),
         StageInfo("merge", "medminds_hpc.stages.merge", "merge the two experts' LoRA adapters into one (linear, TIES, DARE) and score ' A'..' D'"),
         StageInfo("moe", "medminds_hpc.stages.moe", "a router before every decoder layer mixes the two experts"),
