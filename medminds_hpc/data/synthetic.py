@@ -189,6 +189,8 @@ KIND2_PAIRS: tuple[tuple[str, str], ...] = MEDICAL_PAIRS + (
     ("oral thrush", "Candida albicans"), ("epistaxis in a child", "Little's area"),
     ("sickle shaped red cells", "Sickle cell anaemia"), ("heartburn", "Gastro-oesophageal reflux"),
 )
+# the cue always in lower case: "Gout" and " gout" share no token, which would double what an expert must learn
+KIND2_SINGLE_TEMPLATES: tuple[str, ...] = tuple(t for t in SINGLE_TEMPLATES if "{Cue}" not in t)
 KINDS: dict[int, tuple[tuple[str, str], ...]] = {1: KIND1_PAIRS, 2: KIND2_PAIRS}
 
 
@@ -198,7 +200,7 @@ def _kind_row(rng: random.Random, kind: int, answer: int, row_id: str, subjects:
         return {"id": row_id, "question": question, "options": options, "answer": answer, "subject": "arc",
                 "topic": "", "choice_type": "single"}
     multi = rng.random() < MULTI_SHARE
-    question, options = _mcq(rng, KIND2_PAIRS, answer, rng.choice(MULTI_TEMPLATES if multi else SINGLE_TEMPLATES))
+    question, options = _mcq(rng, KIND2_PAIRS, answer, rng.choice(MULTI_TEMPLATES if multi else KIND2_SINGLE_TEMPLATES))
     return {"id": row_id, "question": question, "options": options, "answer": answer,
             "subject": rng.choices(*subjects)[0], "topic": "", "choice_type": "multi" if multi else "single"}
 
