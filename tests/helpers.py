@@ -275,6 +275,21 @@ def tiny_loss(model: Any, head: str, batch: int, length: int) -> Any:
     return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
+# one torch thread -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread, restored afterwards: tiny models step in milliseconds on one, and two threads
+    beside other work on a 2-core machine spin-wait many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # a $MEDMINDS_HOME shared by a module --------------------------------------------------------------------------
 @contextlib.contextmanager
 def shared_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:

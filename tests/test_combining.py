@@ -8,7 +8,7 @@ mixed train set (never the experts' rows): the merges (merge stage), the ensembl
 and, as the control that the experts carry what the mix needs, a linear probe on the base alone.
 
 The experts are trained once per module (one $MEDMINDS_HOME for the module); each combiner is its own test.
-Every stage reads the harness prompt: half the paper prompt's tokens, so half the training time on the CPU.
+Every stage reads the harness prompt: about 60% of the paper prompt's tokens, and so of the CPU training time.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from medminds_hpc.data import synthetic
-from tests.helpers import prepare_rows, run_job, shared_home
+from tests.helpers import one_thread, prepare_rows, run_job, shared_home
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,9 @@ def medminds_home(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """conftest's one_torch_thread for the whole module (the experts train in a module fixture)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """conftest's one_torch_thread for the whole module: the experts train in module fixtures."""
+    with one_thread():
+        yield
 
 
 # data and experts, made once ---------------------------------------------------------------------------------
@@ -126,9 +122,9 @@ def test_each_expert_knows_its_own_kind_only(expert_scores):
 
 # merges ------------------------------------------------------------------------------------------------------
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "merging two LoRA experts trained on disjoint cue tables loses what both know: measured 0.22-0.34 on the mix "
-    "for linear, ties and dare-ties (and 0.27 for peft's 'cat', the plain sum of the two updates), below either "
-    "expert alone (~0.6)"))
+    "merging two LoRA experts trained on disjoint cue tables loses what both know: 0.22-0.41 on the mix for "
+    "linear, ties and dare-ties over 3 seeds (0.27 for peft's 'cat', the plain sum of the two updates), below "
+    "either expert alone (0.56-0.64)"))
 @pytest.mark.parametrize("method", list(MERGES))
 def test_a_merge_is_not_worse_than_the_weaker_expert(trained, expert_scores, method):
     run = run_job(f"merge-{method}-micro-0000002{list(MERGES).index(method)}", "merge",
