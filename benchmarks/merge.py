@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/merge.py                      # tiny-4layer, 400 questions
     .venv/bin/python benchmarks/merge.py --model tiny --questions 970 --threads 2
 
-Two random experts (r 16, all seven projections; `feature_cache.random_expert`) on one base. Prints the seconds
+Two random experts (r 16, all seven projections; `_common.random_expert`) on one base. Prints the seconds
 `add_weighted_adapter` takes for linear, ties and dare-ties (the merge is redone from scratch for each), and
 questions/s of letter scoring with the merged adapter beside the task expert's alone: a merge costs one adapter at
 inference, like a single expert.
@@ -31,7 +31,7 @@ def main() -> None:
     os.environ.setdefault("MEDMINDS_HOME", tempfile.mkdtemp(prefix="medminds-bench-"))
 
     import torch
-    from feature_cache import random_expert
+    from _common import random_expert
 
     from medminds_hpc.data.synthetic import medmcqa_rows
     from medminds_hpc.modeling.adapters import set_active_adapter

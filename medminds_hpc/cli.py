@@ -159,6 +159,22 @@ def status(
 
 
 @app.command()
+def report(
+    out: Optional[str] = typer.Option(None, "--out", help="folder to write into (default: $MEDMINDS_HOME/results)"),
+    formats: Optional[str] = typer.Option(None, "--format", help="comma-separated: md, csv, tex, html, png (default: all)"),
+) -> None:
+    """Tables and figures of every finished run beside the paper's numbers: accuracy, significance, per subject."""
+    import shutil
+
+    from medminds_hpc import report as report_mod
+
+    try:
+        print(report_mod.terminal_summary(report_mod.write_report(out, formats), shutil.get_terminal_size().columns))
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
 def logs(run: str = typer.Argument(..., help="run id (or a unique prefix)"), follow: bool = typer.Option(False, "-f", "--follow", help="keep printing as the log grows")) -> None:
     """Print the log of a run's latest job."""
     from medminds_hpc import control

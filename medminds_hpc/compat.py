@@ -137,12 +137,13 @@ def trainer_with_hooks(
 
 
 # peft ------------------------------------------------------------------------------------------------------------
-def route_adapter_layers(model: Any, name: str) -> None:
-    """Make every LoRA layer of the PeftModel `model` compute with adapter `name` alone, leaving requires_grad as it
-    is. peft's own `set_adapter` also freezes every other adapter, which would stop two adapters from training side
+def route_adapter_layers(model: Any, name: str | list[str]) -> None:
+    """Make every LoRA layer in `model` (a PeftModel or any module inside one) compute with adapter `name` alone, or
+    with the adapters of a list summed (an empty list: the base layer alone), leaving requires_grad as it is.
+    peft's own `set_adapter` also freezes every other adapter, which would stop two adapters from training side
     by side in one forward pass (one pass per adapter)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module._active_adapter = name
+            module._active_adapter = list(name) if isinstance(name, list) else name

@@ -195,6 +195,8 @@ def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: 
         if key.startswith("resources."):
             sub = key.split(".", 1)[1]
             values, errs = config.check_mapping(clusters.Resources, {sub: value}, from_text=True)
+            if sub == "gpu" and "gpu" in values and values["gpu"] is None:
+                values["gpu"] = "none"  # a CPU job, as in a TOML file (None would keep the size's GPU type)
             resource_overrides.update(values)
             problems += [f"-o {key}: {e.split(': ', 1)[-1] if e.startswith(sub) else e}" for e in errs]
             continue

@@ -35,6 +35,20 @@ def _job_env() -> Any | None:
         return None
 
 
+def use_allocated_cpus() -> int | None:
+    """Limit torch's CPU threads to the CPUs Slurm allocated (unless OMP_NUM_THREADS says otherwise).
+
+    A cluster that does not pin jobs to their CPUs would otherwise let a 1-CPU job start one thread per core of
+    the node, slowing it and its neighbours many times over."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if "OMP_NUM_THREADS" in os.environ or not allocated.isdigit() or int(allocated) < 1:
+        return None
+    os.environ["OMP_NUM_THREADS"] = allocated
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(allocated))
+    return int(allocated)
+
+
 class StageJob(submitit.helpers.Checkpointable):
     def __init__(self, run_dir: str | Path, shard: int = 0) -> None:
         self.run_dir = str(run_dir)
@@ -50,6 +64,7 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any] | None:
         self._stop_signal = None
+        use_allocated_cpus()
         env = _job_env()
         if env is not None:
             signal.signal(compat.usr_signal(env), self._on_signal)

@@ -148,21 +148,49 @@ def stage_ctx(run_id: str, *, model: str = "tiny", needs: dict[str, str] | None 
 
 
 def make_expert(name: str, seed: int, model: str = "tiny", targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj"),
-                r: int = 4) -> runs.Run:
+                r: int = 4, run_id: str | None = None) -> runs.Run:
     """A finished expert-<name> run holding artifacts/adapter: a LoRA of `model` with random, non-zero B (so it
-    visibly changes the model), saved the way the expert stage saves its adapter."""
+    visibly changes the model), saved the way the expert stage saves its adapter. `run_id`: where (e.g. the id
+    `submit.plan` gives the expert, so a submission needing it uses it as it is)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from medminds_hpc.modeling.loading import load_model
 
-    run = runs.create(f"expert-{name}-micro-{seed:08d}", {"experiment": f"expert-{name}", "dataset": "micro", "model": model})
+    run = runs.create(run_id or f"expert-{name}-micro-{seed:08d}", {"experiment": f"expert-{name}", "dataset": "micro", "model": model})
     base, _ = load_model(model)
     torch.manual_seed(seed)
     lora = get_peft_model(base, LoraConfig(r=r, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
     lora.save_pretrained(str(run.artifacts_dir / "adapter"))
     run.update(lambda d: d.update(state=runs.COMPLETED))
     return run
+
+
+def write_medmcqa_source(folder: Path, train: int, validation: int) -> Path:
+    """A local prepare source of synthetic MedMCQA only (medmcqa/train.jsonl, medmcqa/validation.jsonl): the
+    learnable synthetic rows, fewer than a dataset size asks, so stages over all of MedMCQA stay quick."""
+    from medminds_hpc.data.synthetic import medmcqa_rows
+
+    (folder / "medmcqa").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("validation", validation)):
+        write_jsonl(folder / "medmcqa" / f"{split}.jsonl", medmcqa_rows(n, seed=0, split=split))
+    return folder
+
+
+def rerun_in_process(run: runs.Run, run_id: str, **changes: Any) -> runs.Run:
+    """A copy of `run`'s record (stage, params, needs; `changes` applied) under `run_id`, run to the end in this
+    process through the job's own entry point: the uninterrupted reference for a run a test interrupts."""
+    from medminds_hpc.job import StageJob
+
+    keep = ("experiment", "stage", "dataset", "model", "params", "needs", "shards", "headline_metric")
+    copy = runs.create(run_id, {**{k: run.data[k] for k in keep if k in run.data}, **changes})
+    StageJob(copy.dir)()
+    return runs.load(copy.dir)
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` by relative path: two trees are byte-identical when these are equal."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def small_expert(data: str = "arc", **kw: Any) -> Any:
@@ -192,6 +220,55 @@ def run_expert(run_id: str, cfg: Any, stop_at: int | None = None) -> dict:
     return expert.run(ctx, cfg)
 
 
+# the command line ------------------------------------------------------------------------------------------------
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2 and one `error:` line (rich may wrap it) holding every needle; no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.lstrip().startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def without_root_override() -> None:
+    """In the child: drop the capabilities that let root write where permissions say no (before exec)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set: gone after exec
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+# finished runs for the report ------------------------------------------------------------------------------------
+def finished_run(experiment: str, predicted: list[int], gold: list[int], *, dataset: str = "micro", model: str = "tiny",
+                 seed: int | None = 0, subjects: list[str] | None = None, ids: list[str] | None = None,
+                 params: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, predictions: bool = True, train_seconds: float = 3600.0,
+                 eval_seconds: float = 360.0) -> runs.Run:
+    """A COMPLETED run of `experiment` whose metrics.json and predictions.parquet say it answered `predicted`
+    (0-3 per question) to questions with answers `gold`, written through the stages' own functions."""
+    import numpy as np
+
+    from medminds_hpc import results
+    from medminds_hpc.training import metrics
+
+    ids = ids or [f"q{i:05d}" for i in range(len(gold))]
+    subjects = subjects or ["Anatomy"] * len(gold)
+    scores = 4.0 * np.eye(4)[predicted] - 2.0
+    params = {**(params or {}), **({} if seed is None else {"seed": seed})}
+    identity = {"experiment": experiment, "dataset": dataset, "model": model, "params": params}
+    run = runs.create(runs.make_run_id(experiment, dataset, identity),
+                      {"experiment": experiment, "stage": experiment.split("-")[0], "dataset": dataset, "model": model,
+                       "params": params, **(record or {})})
+    evaluation = metrics.evaluate_predictions(ids, gold, scores, subjects=subjects)
+    if predictions:
+        metrics.write_predictions(run.dir, ids, subjects, gold, scores=scores, score_kind="logit")
+    results.write(run, {**evaluation, **(extra or {})}, train_seconds=train_seconds, eval_seconds=eval_seconds)
+    run.update(lambda d: d.update(state=runs.COMPLETED, finished_at=runs.now()))
+    return run
+
+
 # the dev Slurm cluster ----------------------------------------------------------------------------------------
 def slurm_options(**kw):
     kw.setdefault("executor", "slurm")
@@ -212,6 +289,31 @@ def wait_for(run_id: str, states: set[str], timeout: float = 180, also=lambda st
         time.sleep(0.5)
     log = "\n".join(p.read_text()[-3000:] for p in runs.get(run_id).log_dir.glob("*.out"))
     raise AssertionError(f"{run_id} did not reach {states} in {timeout}s: last {st.state} {st.detail}\n{log}")
+
+
+def wait_until_ended(run_id: str, timeout: float = 300) -> runs.Run:
+    """The run once it is COMPLETED; a FAILED or CANCELLED run fails the test at once with its error."""
+    st = wait_for(run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=timeout)
+    assert st.state == runs.COMPLETED, f"{run_id}: {st.state} {st.detail}"
+    return runs.get(run_id)
+
+
+def wait_for_attempt(run_id: str, count: int = 1, timeout: float = 180) -> runs.Run:
+    """The run once its job has started stage attempt number `count` (its USR2 handler is installed by then)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = runs.get(run_id)
+        if len(run.data.get("attempts", [])) >= count:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"{run_id}: attempt {count} did not start in {timeout}s: {state_of(run_id)}")
+
+
+def sacct_rows(job_id: str, fields: str = "JobID,State,Start,End") -> list[dict[str, str]]:
+    """One dict per job (each array task its own) from sacct: `fields` by name."""
+    names = fields.split(",")
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, f"--format={fields}"], capture_output=True, text=True).stdout
+    return [dict(zip(names, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -273,6 +375,18 @@ def tiny_loss(model: Any, head: str, batch: int, length: int) -> Any:
         return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels)["loss"]
     labels = ids.masked_fill(mask == 0, -100)
     return lambda m: m(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def shrink_prepared(size: str = "micro", **rows: int) -> None:
+    """Keep only the first N rows of prepared splits (e.g. medmcqa_train=96): a stage that reads whole splits then
+    runs in seconds."""
+    import pyarrow.parquet as pq
+
+    from medminds_hpc.data.prepare import data_file
+
+    for name, n in rows.items():
+        path = data_file(size, name)
+        pq.write_table(pq.read_table(path).slice(0, n), path)
 
 
 # one torch thread -----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def assert_user_error(proc, *needles, home=None):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "expert-task", "--cluster", "generic"], ["status"], ["status", "--json"],
-                                  ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"]])
+                                  ["submit", "doctor", "-d", "micro", "--cluster", "dev", "--dry-run"], ["report", "--format", "md,csv,tex"]])
 def test_cli_never_imports_heavy_libraries(args, medminds_home):
     code = (
         "import sys, runpy; sys.argv = ['medminds', *sys.argv[1:]]\n"
@@ -153,8 +153,10 @@ def test_unknown_executor(medminds_home):
     assert_user_error(run_cli("submit", "doctor", "-d", "micro", "--executor", "pbs"), "unknown executor 'pbs'", home=medminds_home)
 
 
-def test_unimplemented_stage(medminds_home):
-    assert_user_error(run_cli("submit", "moe-topk", "-d", "micro", "--executor", "local"), "stage 'moe' has a config but no run function yet", home=medminds_home)
+def test_unimplemented_stage(medminds_home, jobs_dir):
+    write_job(jobs_dir, "unbuilt", 'stage = "tests.stages.unbuilt"\n')
+    assert_user_error(run_cli("submit", "unbuilt", "-d", "micro", "--executor", "local", env={"MEDMINDS_JOBS": str(jobs_dir)}),
+                      "stage 'tests.stages.unbuilt' has a config but no run function yet", home=medminds_home)
 
 
 def test_run_that_matches_nothing():

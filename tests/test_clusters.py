@@ -69,6 +69,12 @@ def test_impossible_requests_are_refused(layer, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("text", ["none", "None", "null"])
+def test_gpu_none_on_the_command_line_makes_a_cpu_job(text):
+    (planned,) = [p for p in submit.plan("expert-task", submit_options(overrides=[f"resources.gpu={text}"])) if p.name == "expert-task"]
+    assert (planned.resources.gpu, planned.resources.gres, planned.resources.summary()) == (None, None, "cpu gpu-preempt 01:00:00")
+
+
 def test_unknown_profile_lists_valid(monkeypatch):
     with pytest.raises(UserError, match="valid profiles: dev, generic, unity"):
         clusters.load_profile("nosuch")

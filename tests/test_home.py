@@ -1,13 +1,12 @@
 """An unusable $MEDMINDS_HOME stops `submit` with one line naming it and what to do (exit 2), before anything is written."""
 
-import ctypes
 import os
 
 import pytest
 
 from medminds_hpc import paths
 from medminds_hpc.errors import UserError
-from tests.helpers import run_cli
+from tests.helpers import run_cli, without_root_override
 
 SUBMIT = ("submit", "doctor", "-d", "micro", "--cluster", "dev", "--executor", "local")
 
@@ -29,14 +28,6 @@ def test_home_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDMINDS_HOME", str(home / "below"))
     with pytest.raises(UserError, match="cannot be created: .*home-file is not a directory"):
         paths.check_home()
-
-
-def without_root_override() -> None:
-    """In the child: drop the capabilities that let root write where permissions say no (before exec)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, from the bounding set: gone after exec
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def test_home_that_is_not_writable(tmp_path):

@@ -145,3 +145,29 @@ def test_a_holder_whose_lock_was_taken_over_does_not_remove_the_new_one(tmp_path
     with fileio.exclusive(lock):
         write_lock(lock, token="someone-else")  # taken over as stale while we were slow
     assert json.loads(lock.read_text())["token"] == "someone-else"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"SLURM_CPUS_PER_TASK": "3"}, 3),
+    ({"SLURM_CPUS_PER_TASK": "3", "OMP_NUM_THREADS": "1"}, None),  # the user's setting wins
+    ({}, None),
+    ({"SLURM_CPUS_PER_TASK": "x"}, None),
+])
+def test_a_job_uses_as_many_threads_as_slurm_allocated_cpus(env, expected, monkeypatch):
+    import os
+
+    import torch
+
+    from medminds_hpc.job import use_allocated_cpus
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = torch.get_num_threads()
+    try:
+        assert use_allocated_cpus() == expected
+        if expected is not None:
+            assert torch.get_num_threads() == expected and os.environ["OMP_NUM_THREADS"] == str(expected)
+    finally:
+        torch.set_num_threads(before)

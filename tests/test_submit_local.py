@@ -94,9 +94,10 @@ def test_failing_stage_marks_the_run_failed_with_the_reason(jobs_dir):
     assert status.collect([run])[0].state == runs.FAILED
 
 
-def test_unimplemented_stage_is_refused_before_anything_is_written(medminds_home):
-    with pytest.raises(UserError, match="^experiment moe-linear: stage 'moe' has a config but no run function yet"):
-        submit.submit("moe-linear", opts(model="tiny"), say=quiet)
+def test_unimplemented_stage_is_refused_before_anything_is_written(medminds_home, jobs_dir):
+    write_job(jobs_dir, "unbuilt", 'stage = "tests.stages.unbuilt"\n')
+    with pytest.raises(UserError, match="^experiment unbuilt: stage 'tests.stages.unbuilt' has a config but no run function yet"):
+        submit.submit("unbuilt", opts(model="tiny"), say=quiet)
     assert not (medminds_home / "runs").exists()
 
 

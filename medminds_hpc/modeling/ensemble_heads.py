@@ -147,12 +147,22 @@ class TransformerHead(EnsembleHead):
         self.block = nn.TransformerEncoderLayer(D_MODEL, NHEAD, dim_feedforward=2 * D_MODEL, dropout=0.0,
                                                 batch_first=True)
         self.out = nn.Linear(D_MODEL, NUM_CHOICES)
+        # The key bias adds one constant to every score of a query, which softmax ignores: its true gradient is 0.
+        # Adam would still move it by lr per step on rounding noise alone; keep it at its zero init instead.
+        self.block.self_attn.in_proj_bias.register_hook(_zero_key_slice)
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
         task, domain = self._inputs(task_states, domain_states)
         tokens = torch.stack([self.task_reduce(task), self.domain_reduce(domain)], dim=1)  # (B, 2, 4)
         x = self.embed(tokens) + self.expert_embedding
         return self.out(self.block(x).mean(dim=1))
+
+
+def _zero_key_slice(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient of a packed q/k/v bias with its key part zeroed."""
+    grad = grad.clone()
+    grad[D_MODEL:2 * D_MODEL] = 0
+    return grad
 
 
 class LateFusionHead(EnsembleHead):

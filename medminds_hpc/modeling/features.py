@@ -419,7 +419,7 @@ def ensure(directory: Path | str, expert_runs: Mapping[str, "Run"], rows: Sequen
 
 
 # the frozen LM head on cached states -------------------------------------------------------------------------
-def _lm_head(model: Any) -> Any:
+def lm_head_layer(model: Any) -> Any:
     from medminds_hpc.modeling.heads import unwrap
 
     inner = unwrap(model)
@@ -438,7 +438,7 @@ def lm_head_logits(model: Any, states: Any) -> Any:
     """(rows, vocab) float32 logits: the frozen LM head applied to cached (rows, hidden) states."""
     import torch
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     x = torch.as_tensor(states).to(device=head.weight.device, dtype=head.weight.dtype)
     with torch.no_grad():
         return head(x).float()
@@ -450,7 +450,7 @@ def letter_logits(model: Any, tokenizer: Any, states: Any) -> Any:
 
     from medminds_hpc.data import prompts
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     letters = torch.tensor(prompts.letter_token_ids(tokenizer), device=head.weight.device)
     weight = head.weight.detach()[letters].float()
     x = torch.as_tensor(states).to(device=weight.device, dtype=torch.float32)
@@ -461,6 +461,7 @@ def letter_logits(model: Any, tokenizer: Any, states: Any) -> Any:
 
 # the frozen LM head beside the cache -------------------------------------------------------------------------
 LM_HEAD_FILE = "lm_head.safetensors"
+LM_HEAD_KEY = "lm_head"  # the file's metadata: JSON {model, tokenizer, letter_ids}
 
 
 def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Sequence[ExpertInfo]) -> None:
@@ -470,12 +471,13 @@ def save_lm_head(directory: Path | str, model: Any, tokenizer: Any, experts: Seq
 
     from medminds_hpc.data import prompts
 
-    head = _lm_head(model)
+    head = lm_head_layer(model)
     if getattr(head, "bias", None) is not None:
         raise UserError(f"{type(head).__name__} LM head has a bias; cached states give its logits only for a bias-free "
                         "LM head (Mistral, Llama)")
-    meta = {"model": experts[0].model, "tokenizer": experts[0].tokenizer,
-            "letter_ids": json.dumps(prompts.letter_token_ids(tokenizer))}
+    # one metadata key: safetensors writes several in no fixed order, and the file must be byte-reproducible
+    meta = {LM_HEAD_KEY: json.dumps({"model": experts[0].model, "tokenizer": experts[0].tokenizer,
+                                     "letter_ids": prompts.letter_token_ids(tokenizer)}, sort_keys=True)}
     weight = head.weight.detach().cpu().contiguous()
     Path(directory).mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_bytes(Path(directory) / LM_HEAD_FILE, save({"weight": weight}, metadata=meta))
@@ -489,9 +491,9 @@ def load_lm_head(directory: Path | str, experts: Sequence[ExpertInfo]) -> tuple[
     path = Path(directory) / LM_HEAD_FILE
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {})[LM_HEAD_KEY])
             if meta.get("model") != experts[0].model or meta.get("tokenizer") != experts[0].tokenizer:
                 return None
-            return f.get_tensor("weight").float(), [int(i) for i in json.loads(meta["letter_ids"])]
-    except (OSError, ValueError, KeyError, RuntimeError):
+            return f.get_tensor("weight").float(), [int(i) for i in meta["letter_ids"]]
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None

@@ -199,11 +199,11 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
         import datasets
 
         from medminds_hpc.data.prompts import encode_prompts, letter_token_ids, mcq_prompt
-        from medminds_hpc.modeling.features import _lm_head, load_experts
+        from medminds_hpc.modeling.features import lm_head_layer, load_experts
         from medminds_hpc.stages.baseline import prompt_collator
 
         lm, tokenizer = load_experts(expert_runs)
-        head = build_head(cfg.method, cfg.reduce, _lm_head(lm).weight.detach().float(), letter_token_ids(tokenizer), seed=cfg.seed)
+        head = build_head(cfg.method, cfg.reduce, lm_head_layer(lm).weight.detach().float(), letter_token_ids(tokenizer), seed=cfg.seed)
         model = LiveEnsemble(lm, head, train_experts=not cfg.freeze_experts)
         info.update(prompt=cfg.prompt, max_length=cfg.max_length)
         train_data = datasets.Dataset.from_dict({"prompt": [mcq_prompt(r, cfg.prompt) for r in train_rows[:train_n]],

@@ -1,0 +1,144 @@
+"""How long `medminds report` takes over a whole study: 1,000 finished runs, figures of the 20 most recent included.
+
+Writes 1,000 synthetic finished runs into a temporary MEDMINDS_HOME through the stages' own functions
+(`runs.create`, `training.metrics.write_predictions`, `results.write`): 15 experiments x 3 dataset sizes (500, 2,000
+and 4,183 validation questions, 21 subjects) x seeds, each with per-epoch validation, a step log and Slurm resources.
+Then times the command as a user runs it (a new process, imports included), each format alone, and the parts
+in-process: reading the runs, the summary and per-subject tables, the paired tests (reading predictions.parquet),
+rendering, the figures.
+
+    .venv/bin/python benchmarks/report.py [--runs 1000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EXPERIMENTS = ("expert-task", "expert-domain", "baseline-nextword", "baseline-classifier-mistral", "baseline-classifier-domain",
+               "baseline-classifier-task", "baseline-classifier-biomistral", "merge-linear", "merge-ties", "merge-dare",
+               "ensemble-weighted", "ensemble-transformer", "ensemble-late-fusion", "moe-linear", "moe-topk")
+QUESTIONS = {"micro": 500, "mini": 2000, "mega": 4183}
+SUBJECTS = ("Anaesthesia", "Anatomy", "Biochemistry", "Dental", "ENT", "Forensic Medicine", "Gynaecology & Obstetrics",
+            "Medicine", "Microbiology", "Ophthalmology", "Orthopaedics", "Pathology", "Pediatrics", "Pharmacology",
+            "Physiology", "Psychiatry", "Radiology", "Skin", "Social & Preventive Medicine", "Surgery", "Unknown")
+
+
+def make_study(count: int) -> None:
+    import numpy as np
+
+    from tests.helpers import finished_run
+
+    gold = {size: [random.Random(f"{size}{i}").randrange(4) for i in range(n)] for size, n in QUESTIONS.items()}
+    subjects = {size: [SUBJECTS[i % len(SUBJECTS)] for i in range(n)] for size, n in QUESTIONS.items()}
+    for i in range(count):
+        experiment = EXPERIMENTS[i % len(EXPERIMENTS)]
+        size = tuple(QUESTIONS)[(i // len(EXPERIMENTS)) % len(QUESTIONS)]
+        seed = i // (len(EXPERIMENTS) * len(QUESTIONS))
+        rng = np.random.default_rng(i)
+        skill = 0.25 + 0.02 * (i % len(EXPERIMENTS))
+        g = np.asarray(gold[size])
+        predicted = np.where(rng.random(len(g)) < skill, g, rng.integers(0, 4, len(g))).tolist()
+        epochs = [{"epoch": float(e), "accuracy": skill + 0.01 * e, "eval_loss": 1.4 - 0.05 * e} for e in range(1, 4)]
+        routing = {"routing": [[[0.5 + 0.01 * layer, 0.5 - 0.01 * layer]] * 3 for layer in range(32)]} if experiment.startswith("moe") else {}
+        run = finished_run(experiment, predicted, gold[size], dataset=size, model="mistral-7b-instruct", seed=seed,
+                           subjects=subjects[size], extra={"epochs": epochs, **routing},
+                           record={"executor": "slurm", "resources": {"gpu": "a100", "gpus": 1}})
+        with open(run.dir / "metrics.jsonl", "w") as f:
+            f.writelines(f'{{"step": {s}, "epoch": {s / 20}, "loss": {1.5 - s / 100}}}\n' for s in range(1, 61))
+
+
+def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        times.append(time.perf_counter() - started)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+    return statistics.median(times)
+
+
+def parts() -> list[tuple[str, float]]:
+    """The report's parts, timed in this process (imports already paid by the first call)."""
+    from medminds_hpc import documents, paper, report
+
+    out, started = [], time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        out.append((name, now - started))
+        started = now
+
+    published = paper.load()
+    finished, skipped = report.collect()
+    lap(f"read {len(finished)} run.json + metrics.json")
+    groups = report.group_runs(finished)
+    lines = [report.summarize(g, paper.by_experiment(published)) for g in groups] + report.references(groups, published)
+    grid = report.subject_grid(groups)
+    lap(f"summary ({len(groups)} rows) and per-subject tables")
+    reader = report.AnswerReader()
+    cache: dict[str, report.Answers | None] = {}
+
+    def answers(f: report.Finished) -> report.Answers | None:
+        if f.id not in cache:
+            got = reader(f.run.dir)
+            cache[f.id] = got if isinstance(got, report.Answers) else None
+        return cache[f.id]
+
+    for f in finished:
+        answers(f)
+    lap(f"read {len(cache)} predictions.parquet")
+    found, _ = report.pairs(groups, answers)
+    lap(f"paired tests ({len(found)} pairs)")
+    tables = [report.summary_table(lines), report.significance_table(found, 0, {}), report.per_subject_table(grid)]
+    for t in tables:
+        documents.markdown(t), documents.csv_text(t), documents.latex(t)
+    lap("render md, csv, tex")
+    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:report.RECENT_RUN_FIGURES]
+    figs, _ = report.make_figures(lines, grid, recent)
+    lap(f"{len(figs)} figures (matplotlib import included)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        os.environ["MEDMINDS_HOME"] = str(home)
+        started = time.perf_counter()
+        make_study(args.runs)
+        print(f"{args.runs} synthetic finished runs written in {time.perf_counter() - started:.1f} s "
+              f"({len(EXPERIMENTS)} experiments x {len(QUESTIONS)} sizes x seeds); load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+        cli = [sys.executable, "-m", "medminds_hpc.cli", "report"]
+        print(f"`medminds report`, median of {args.repeat} (a new process each time, imports included):")
+        base = timed([sys.executable, "-c", "pass"], env, args.repeat)
+        print(f"  python -c pass                  {base:6.2f} s")
+        for label, extra in (("all formats (default)", []), ("--format md,csv,tex", ["--format", "md,csv,tex"]),
+                             ("--format png", ["--format", "png"]), ("--format html", ["--format", "html"])):
+            seconds = timed([*cli, "--out", str(Path(tmp) / "out"), *extra], env, args.repeat)
+            verdict = "" if extra else ("  [target <= 3 s: OK]" if seconds <= 3.0 else "  [target <= 3 s: OVER]")
+            print(f"  {label:<30} {seconds:6.2f} s{verdict}")
+        print("the parts, in one process:")
+        for name, seconds in parts():
+            print(f"  {name:<45} {seconds:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
