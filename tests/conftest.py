@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.helpers import ROOT, slurm_up
+from tests.helpers import ROOT, one_thread, slurm_up
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,14 +38,9 @@ def jobs_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def one_torch_thread():
-    """One intra-op torch thread: tiny models step in milliseconds on one, and two threads beside other work on
-    a 2-core machine spin-wait many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One intra-op torch thread for the test (see helpers.one_thread)."""
+    with one_thread():
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,13 +3,14 @@ tiny experts, and waiting on the dev Slurm cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -386,3 +387,60 @@ def shrink_prepared(size: str = "micro", **rows: int) -> None:
     for name, n in rows.items():
         path = data_file(size, name)
         pq.write_table(pq.read_table(path).slice(0, n), path)
+
+
+# one torch thread -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread, restored afterwards: tiny models step in milliseconds on one, and two threads
+    beside other work on a 2-core machine spin-wait many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# a $MEDMINDS_HOME shared by a module --------------------------------------------------------------------------
+@contextlib.contextmanager
+def shared_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """What conftest's autouse `medminds_home` sets for one test, for a whole module: a module overrides that
+    fixture with a module-scoped one yielding this, so runs made once (trained experts) serve several tests."""
+    home = tmp_path_factory.mktemp(name) / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMINDS_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        for var in ("MEDMINDS_JOBS", "MEDMINDS_CLUSTER", "MEDMINDS_TOKENIZER"):
+            mp.delenv(var, raising=False)
+        mp.chdir(ROOT)
+        yield home
+
+
+def run_job(run_id: str, stage: str, params: dict[str, Any], needs: dict[str, str] | None = None, model: str = "tiny") -> runs.Run:
+    """Run stage `stage` in this process the way its job runs it (`job.StageJob`: the config built from the run's
+    params, the run COMPLETED with its results at the end), on a new run `run_id` of dataset micro; returns the run."""
+    from medminds_hpc.job import StageJob
+
+    run = runs.create(run_id, {"experiment": run_id.rsplit("-", 2)[0], "dataset": "micro", "model": model, "stage": stage,
+                               "params": params, "needs": needs or {}})
+    StageJob(run.dir)()
+    return run.reload()
+
+
+def prepare_rows(run_id: str, medmcqa_train: list[dict], medmcqa_validation: list[dict], arc: list[dict] | None = None) -> str:
+    """A finished prepare run (the prepare stage, split "first") of a local source holding these canonical MCQ rows
+    as medmcqa/train.jsonl, medmcqa/dev.jsonl and, when given, arc/arc.jsonl; returns its id."""
+    from medminds_hpc import paths
+
+    source = paths.home() / "sources" / run_id
+    for sub, name, rows in (("medmcqa", "train.jsonl", medmcqa_train), ("medmcqa", "dev.jsonl", medmcqa_validation),
+                            ("arc", "arc.jsonl", arc)):
+        if rows is not None:
+            (source / sub).mkdir(parents=True, exist_ok=True)
+            write_jsonl(source / sub / name, rows)
+    return run_job(run_id, "prepare", {"source": str(source), "split": "first"}).id

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from medminds_hpc.data import schema, synthetic
 
 
@@ -40,3 +42,48 @@ def test_instruct_rows_state_the_pairs():
     assert all(tuple(r) == schema.INSTRUCT_COLUMNS for r in rows) and len({r["id"] for r in rows}) == 200
     partners = {p for _, p in synthetic.MEDICAL_PAIRS}
     assert all(any(p.lower() in r["output"].lower() for p in partners) for r in rows)
+
+
+# two kinds that only a combination of two experts solves ----------------------------------------------------
+def test_two_kinds_follow_the_rule_on_disjoint_cue_tables():
+    cues = {kind: {cue for cue, _ in pairs} for kind, pairs in synthetic.KINDS.items()}
+    assert len(cues[1]) == len(cues[2]) == 48 and not cues[1] & cues[2]
+    every_cue = cues[1] | cues[2]
+    for kind in (1, 2):
+        for r in synthetic.two_kind_rows(400, kind, seed=1):
+            assert synthetic.kind_of(r) == kind and tuple(r) == schema.MCQ_COLUMNS and len(set(r["options"])) == 4
+            assert synthetic.two_kind_answer(r) == r["answer"]  # the cue's letter, where its partner sits
+            assert [c for c in every_cue if c.lower() in r["question"].lower()] != []
+            assert {c for c in every_cue if c.lower() in r["question"].lower()} <= cues[kind]  # no cue of the other kind
+
+
+def test_two_kinds_look_like_arc_and_medmcqa():
+    science, medical = synthetic.two_kind_rows(300, 1), synthetic.two_kind_rows(300, 2)
+    assert {r["subject"] for r in science} == {"arc"} and {r["choice_type"] for r in science} == {"single"}
+    assert {r["subject"] for r in medical} <= {s for s, _ in synthetic.SUBJECTS} and len({r["subject"] for r in medical}) > 5
+    assert {r["choice_type"] for r in medical} == {"single", "multi"}
+    stems = {kind: {r["question"].replace(cue, "").replace(cue[:1].upper() + cue[1:], "") for r in rows
+                    for cue, _ in synthetic.KINDS[kind] if cue.lower() in r["question"].lower()}
+             for kind, rows in ((1, science), (2, medical))}
+    assert not stems[1] & stems[2]  # each kind has its own templates
+
+
+def test_two_kinds_are_deterministic_balanced_and_unique():
+    assert synthetic.two_kind_rows(40, 2, seed=3) == synthetic.two_kind_rows(40, 2, seed=3)
+    assert synthetic.two_kind_rows(40, 2, seed=3) != synthetic.two_kind_rows(40, 2, seed=4)
+    assert synthetic.two_kind_rows(40, 2, seed=3, split="train") != synthetic.two_kind_rows(40, 2, seed=3, split="validation")
+    for kind in (1, 2):
+        assert set(Counter(r["answer"] for r in synthetic.two_kind_rows(400, kind)).values()) == {100}
+    rows = synthetic.mixed_rows(401, seed=2, split="validation")
+    assert rows == synthetic.mixed_rows(401, seed=2, split="validation")
+    assert Counter(synthetic.kind_of(r) for r in rows) == {1: 201, 2: 200}
+    assert len({r["id"] for r in rows}) == 401
+    assert max(Counter(r["answer"] for r in rows).values()) - min(Counter(r["answer"] for r in rows).values()) <= 2
+    assert [synthetic.kind_of(r) for r in rows[:20]] not in ([1] * 20, [2] * 20)  # shuffled, not in blocks
+    train_ids = {r["id"] for r in synthetic.mixed_rows(401, seed=2, split="train")}
+    assert not train_ids & {r["id"] for r in rows}
+
+
+def test_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match=r"kind=3: expected 1 \(ARC-style science\) or 2"):
+        synthetic.two_kind_rows(4, 3)

@@ -148,3 +148,92 @@ def letter_of_cue(question: str) -> int:
             if cue.lower() in question.lower():
                 return k % NUM_OPTIONS
     raise ValueError(f"no synthetic cue in {question!r}")
+
+
+# two kinds of questions that only a combination of two experts solves ------------------------------------------
+# Kind 1 (ARC-style, science) and kind 2 (MedMCQA-style, medical) use disjoint tables of 48 cues each under the
+# same rule (cue k -> letter k % 4, 12 cues per letter). An expert trained on one kind knows nothing of the other's
+# cues, so each expert alone scores ~100% on its kind, ~25% on the other and ~60% on a 50/50 mix; a combiner that
+# reads both experts (and sees which kind a question is) can reach ~100%. See DESIGN.md section 6.
+KIND1_PAIRS: tuple[tuple[str, str], ...] = SCIENCE_PAIRS + (
+    ("iron is left in damp air", "It rusts."), ("a candle burns", "Wax turns into gas and light."),
+    ("a rubber band is stretched", "It stores elastic energy."), ("two hands are rubbed together", "They warm up by friction."),
+    ("light hits a mirror", "It is reflected."), ("a straw stands in a glass of water", "It looks bent by refraction."),
+    ("a bell is struck", "It vibrates and makes sound."), ("a balloon is rubbed on hair", "It gains a static charge."),
+    ("warm air rises", "Cool air sinks to replace it."), ("clouds cool down", "Rain falls."),
+    ("a volcano erupts", "Lava flows out."), ("tectonic plates collide", "Mountains form."),
+    ("a caterpillar pupates", "A butterfly emerges."), ("bees visit flowers", "Pollen is carried between plants."),
+    ("a plant is kept in the dark", "It grows pale and weak."), ("a lake freezes", "Ice floats on top."),
+    ("sugar is stirred into tea", "It dissolves."), ("baking soda meets vinegar", "Carbon dioxide bubbles form."),
+    ("a battery powers a motor", "Chemical energy becomes motion."), ("wind turns a turbine", "Electricity is generated."),
+    ("a prism splits white light", "A band of colours appears."), ("the Sun heats the ocean", "Water vapour rises."),
+    ("a seed is planted too deep", "It may not sprout."), ("a river reaches the sea", "It deposits sediment."),
+    ("glaciers move downhill", "Valleys are carved."), ("a compass is held level", "Its needle points north."),
+    ("a pendulum is released", "It swings back and forth."), ("a copper wire carries current", "It conducts electricity."),
+    ("wood is burned", "Ash and smoke remain."), ("a puddle sits in the sun", "It dries up."),
+    ("steam touches a cold window", "Droplets condense."), ("a deer loses its habitat", "Its population falls."),
+    ("a fossil is found in rock", "The organism lived long ago."), ("a lever lifts a heavy box", "Less force is needed."),
+    ("soil is covered with plants", "Erosion slows."), ("the Earth orbits the Sun", "The seasons change."),
+)
+KIND2_PAIRS: tuple[tuple[str, str], ...] = MEDICAL_PAIRS + (
+    ("butterfly rash", "Systemic lupus erythematosus"), ("koplik spots", "Measles"),
+    ("strawberry tongue", "Scarlet fever"), ("rice water stools", "Vibrio cholerae"),
+    ("whooping cough", "Bordetella pertussis"), ("moon facies", "Cushing syndrome"),
+    ("exophthalmos", "Graves disease"), ("resting tremor", "Parkinson disease"),
+    ("kussmaul breathing", "Diabetic ketoacidosis"), ("pin point pupils", "Opioid poisoning"),
+    ("clubbing of fingers", "Bronchiectasis"), ("painless hematuria", "Bladder carcinoma"),
+    ("hemolysis after fava beans", "G6PD deficiency"), ("spoon shaped nails", "Iron deficiency anaemia"),
+    ("macroglossia", "Hypothyroidism"), ("trismus", "Tetanus"),
+    ("bitemporal hemianopia", "Pituitary adenoma"), ("rose spots", "Typhoid fever"),
+    ("erythema migrans", "Lyme disease"), ("honey coloured crusts", "Impetigo"),
+    ("oral thrush", "Candida albicans"), ("epistaxis in a child", "Little's area"),
+    ("sickle shaped red cells", "Sickle cell anaemia"), ("heartburn", "Gastro-oesophageal reflux"),
+)
+# the cue always in lower case: "Gout" and " gout" share no token, which would double what an expert must learn
+KIND2_SINGLE_TEMPLATES: tuple[str, ...] = tuple(t for t in SINGLE_TEMPLATES if "{Cue}" not in t)
+KINDS: dict[int, tuple[tuple[str, str], ...]] = {1: KIND1_PAIRS, 2: KIND2_PAIRS}
+
+
+def _kind_row(rng: random.Random, kind: int, answer: int, row_id: str, subjects: tuple[list[str], list[int]]) -> dict[str, Any]:
+    if kind == 1:
+        question, options = _mcq(rng, KIND1_PAIRS, answer, rng.choice(ARC_TEMPLATES))
+        return {"id": row_id, "question": question, "options": options, "answer": answer, "subject": "arc",
+                "topic": "", "choice_type": "single"}
+    multi = rng.random() < MULTI_SHARE
+    question, options = _mcq(rng, KIND2_PAIRS, answer, rng.choice(MULTI_TEMPLATES if multi else KIND2_SINGLE_TEMPLATES))
+    return {"id": row_id, "question": question, "options": options, "answer": answer,
+            "subject": rng.choices(*subjects)[0], "topic": "", "choice_type": "multi" if multi else "single"}
+
+
+def two_kind_rows(n: int, kind: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+    """`n` canonical MCQ rows of one kind (1: ARC-style science, subject "arc"; 2: MedMCQA-style medical, MedMCQA
+    subjects), valid as MedMCQA and as ARC rows; ids "kind<k>-<split>-<seed>-<i>". Same arguments, same rows."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected 1 (ARC-style science) or 2 (MedMCQA-style medical)")
+    rng = random.Random(f"two-kind:{kind}:{seed}:{split}")
+    subjects = ([s for s, _ in SUBJECTS], [w for _, w in SUBJECTS])
+    return [_kind_row(rng, kind, answer, f"kind{kind}-{split}-{seed}-{i:06d}", subjects)
+            for i, answer in enumerate(_balanced_answers(n, rng))]
+
+
+def mixed_rows(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+    """`n` rows, half of each kind (kind 1 gets the odd one out), in a seeded shuffled order."""
+    rows = two_kind_rows(n - n // 2, 1, seed, split) + two_kind_rows(n // 2, 2, seed, split)
+    random.Random(f"mixed:{seed}:{split}").shuffle(rows)
+    return rows
+
+
+def kind_of(row: dict[str, Any]) -> int:
+    """The kind of a `two_kind_rows` row, from its id."""
+    return int(str(row["id"]).split("-", 1)[0].removeprefix("kind"))
+
+
+def two_kind_answer(row: dict[str, Any]) -> int:
+    """The answer of a `two_kind_rows` row recomputed from its text: the cue's letter in its kind's table, which is
+    also where the cue's partner sits among the options."""
+    for k, (cue, partner) in enumerate(KINDS[kind_of(row)]):
+        if cue.lower() in row["question"].lower():
+            if row["options"].index(partner) != k % NUM_OPTIONS:
+                raise ValueError(f"row {row['id']!r}: the partner of {cue!r} is not at letter {k % NUM_OPTIONS}")
+            return k % NUM_OPTIONS
+    raise ValueError(f"row {row['id']!r} holds no cue of kind {kind_of(row)}")

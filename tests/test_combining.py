@@ -1,0 +1,217 @@
+"""A task only a combination of the two experts solves, end to end through the real stages on the tiny model.
+
+Two kinds of questions (`synthetic.two_kind_rows`): kind 1 (ARC-style science) and kind 2 (MedMCQA-style
+medical), on disjoint cue tables. The task expert is trained on kind 1 only, the domain expert on kind 2 only,
+both through the expert stage; each then knows its own kind and guesses on the other, so alone it scores about
+60% on a 50/50 mix. Every combiner is scored on a fresh mixed validation set, and the trained ones fit on a fresh
+mixed train set (never the experts' rows): the merges (merge stage), the ensembles (features + ensemble stages),
+and, as the control that the experts carry what the mix needs, a linear probe on the base alone.
+
+The experts are trained once per module (one $MEDMINDS_HOME for the module); each combiner is its own test.
+Every stage reads the harness prompt: about 60% of the paper prompt's tokens, and so of the CPU training time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medminds_hpc.data import synthetic
+from tests.helpers import one_thread, prepare_rows, run_job, shared_home
+
+pytestmark = pytest.mark.slow
+
+SEED = 0
+PROMPT = "harness"
+EXPERT_ROWS = 1200  # per expert: 48 cues x 25
+MIXED_TRAIN, MIXED_VALIDATION = 800, 400
+EXPERT_STEPS = 250
+EXPERT_LR = 5e-3
+
+# thresholds (chance 0.25; an expert alone is ~1.0 on its kind, ~0.25 on the other, ~0.6 on the mix)
+OWN_KIND_AT_LEAST = 0.90
+OTHER_KIND_AT_MOST = 0.40
+EXPERT_MIXED_AT_MOST = 0.70
+PROBE_AT_MOST = 0.60  # a linear probe on the base alone: the cues' letters are not in the base
+PROBE_FITS_AT_LEAST = 0.40  # ... though it fits its own training rows above chance (0.53-0.55 measured)
+ENSEMBLE_AT_LEAST = 0.85  # late-fusion and transformer; weighted must beat the better expert
+# reduce "learned" (the paper's): an untrained head is then at chance (0.03-0.34 measured), so no threshold passes
+# without training; with "letters" an untrained weighted head already sums the experts' letter logits (0.81)
+ENSEMBLE = dict(reduce="learned", learning_rate=1e-3, epochs=20.0, batch_size=32)
+METHODS = ("late-fusion", "transformer", "weighted")
+MERGES = {"linear": dict(weights=[0.5, 0.5]), "ties": dict(weights=[1.0, 1.0], density=0.5),
+          "dare-ties": dict(weights=[1.0, 1.0], density=0.5)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def medminds_home(tmp_path_factory):
+    """One $MEDMINDS_HOME for the whole module (overrides conftest's per-test one)."""
+    with shared_home(tmp_path_factory, "combining") as home:
+        yield home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """conftest's one_torch_thread for the whole module: the experts train in module fixtures."""
+    with one_thread():
+        yield
+
+
+# data and experts, made once ---------------------------------------------------------------------------------
+def prepared(seed: int) -> dict[str, str]:
+    """Three prepare runs: ARC = kind 1 (task expert), ARC = kind 2 (domain expert), MedMCQA = fresh mixed sets.
+    An expert's own MedMCQA split is a little of its own kind (what its per-epoch validation reads)."""
+    def own(kind: int) -> dict[str, list[dict]]:
+        return {"medmcqa_train": synthetic.two_kind_rows(8, kind, seed, "spare"),
+                "medmcqa_validation": synthetic.two_kind_rows(64, kind, seed, "check"),
+                "arc": synthetic.two_kind_rows(EXPERT_ROWS, kind, seed, "expert")}
+
+    return {"task": prepare_rows("prepare-micro-00000001", **own(1)),
+            "domain": prepare_rows("prepare-micro-00000002", **own(2)),
+            "mixed": prepare_rows("prepare-micro-00000003", synthetic.mixed_rows(MIXED_TRAIN, seed, "train"),
+                                  synthetic.mixed_rows(MIXED_VALIDATION, seed, "validation"))}
+
+
+def expert_params(seed: int) -> dict[str, Any]:
+    """DESIGN section 6: r 16 on all 7 projections, loss on the letter, batch 32, 5 warm-up steps, linear decay,
+    gradient clipping 1.0 (the Trainer's default max_grad_norm)."""
+    return dict(data="arc", lora_r=16, lora_alpha=16, learning_rate=EXPERT_LR, warmup_steps=5, lr_scheduler="linear",
+                batch_size=32, max_steps=EXPERT_STEPS, epochs=100.0, optimizer="adamw", seed=seed, prompt=PROMPT,
+                holdout_rows=100, eval_rows=64, eval_batch_size=64, checkpoint_every_steps=1000)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, str]:
+    """The three prepare runs (ids)."""
+    return prepared(SEED)
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> dict[str, Any]:
+    """The two trained experts: what a combiner run needs (run ids)."""
+    task = run_job("expert-task-micro-00000001", "expert", expert_params(SEED), {"prepare": data["task"]})
+    domain = run_job("expert-domain-micro-00000002", "expert", expert_params(SEED), {"prepare": data["domain"]})
+    return {"needs": {"prepare": data["mixed"], "expert-task": task.id, "expert-domain": domain.id}}
+
+
+def by_kind(run: Any) -> dict[str, float]:
+    """Accuracy per kind and on the whole mix, from a run's predictions.parquet."""
+    from medminds_hpc.training.metrics import read_predictions
+
+    preds = read_predictions(run.dir)
+    right = (preds["predicted"] == preds["gold"]).to_numpy()
+    kinds = np.array([synthetic.kind_of({"id": i}) for i in preds["id"]])
+    return {"kind1": float(right[kinds == 1].mean()), "kind2": float(right[kinds == 2].mean()), "mixed": float(right.mean())}
+
+
+@pytest.fixture(scope="module")
+def expert_scores(trained) -> dict[str, dict[str, float]]:
+    """Each expert alone on the mixed validation set, through the baseline-nextword stage."""
+    needs = trained["needs"]
+    scores = {name: by_kind(run_job(f"baseline-nextword-micro-0000001{i}", "baseline-nextword",
+                                    dict(adapter=name, prompt=PROMPT, eval_batch_size=64),
+                                    {"prepare": needs["prepare"], f"expert-{name}": needs[f"expert-{name}"]}))
+              for i, name in enumerate(("task", "domain"))}
+    print(f"experts alone: {scores}")
+    return scores
+
+
+# the experts alone -------------------------------------------------------------------------------------------
+def test_each_expert_knows_its_own_kind_only(expert_scores):
+    task, domain = expert_scores["task"], expert_scores["domain"]
+    assert task["kind1"] >= OWN_KIND_AT_LEAST and domain["kind2"] >= OWN_KIND_AT_LEAST, expert_scores
+    assert task["kind2"] <= OTHER_KIND_AT_MOST and domain["kind1"] <= OTHER_KIND_AT_MOST, expert_scores
+    assert task["mixed"] <= EXPERT_MIXED_AT_MOST and domain["mixed"] <= EXPERT_MIXED_AT_MOST, expert_scores
+
+
+# merges ------------------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "merging two LoRA experts trained on disjoint cue tables loses what both know: 0.22-0.41 on the mix for "
+    "linear, ties and dare-ties over 3 seeds (0.27 for peft's 'cat', the plain sum of the two updates), below "
+    "either expert alone (0.56-0.64)"))
+@pytest.mark.parametrize("method", list(MERGES))
+def test_a_merge_is_not_worse_than_the_weaker_expert(trained, expert_scores, method):
+    run = run_job(f"merge-{method}-micro-0000002{list(MERGES).index(method)}", "merge",
+                  dict(method=method, prompt=PROMPT, eval_batch_size=64, seed=SEED, **MERGES[method]), trained["needs"])
+    merged = by_kind(run)
+    print(f"merge-{method}: {merged}")
+    weaker = min(s["mixed"] for s in expert_scores.values())
+    assert merged["mixed"] >= weaker, (merged, expert_scores)
+
+
+# ensembles ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def features_run(trained) -> str:
+    """Both experts' last-token states on the mixed sets, cached once for every ensemble (the features stage)."""
+    return run_job("features-micro-00000030", "features", dict(prompt=PROMPT, eval_batch_size=64), trained["needs"]).id
+
+
+def ensemble(trained: dict[str, Any], features_run: str, method: str) -> dict[str, float]:
+    run = run_job(f"ensemble-{method}-micro-0000004{METHODS.index(method)}", "ensemble",
+                  dict(method=method, eval_batch_size=64, seed=SEED, checkpoint_every_steps=10_000, **ENSEMBLE),
+                  {**trained["needs"], "features": features_run})
+    scores = by_kind(run)
+    print(f"ensemble-{method}: {scores}")
+    return scores
+
+
+@pytest.mark.parametrize("method", ["late-fusion", "transformer"])
+def test_an_ensemble_that_weighs_each_question_solves_the_mix(trained, features_run, method):
+    assert ensemble(trained, features_run, method)["mixed"] >= ENSEMBLE_AT_LEAST
+
+
+def test_a_weighted_ensemble_beats_the_better_expert(trained, features_run, expert_scores):
+    better = max(s["mixed"] for s in expert_scores.values())
+    assert ensemble(trained, features_run, "weighted")["mixed"] > better, expert_scores
+
+
+# the control: the base alone ---------------------------------------------------------------------------------
+def base_states(rows: list[dict[str, Any]]) -> np.ndarray:
+    """(rows, hidden) the base's final hidden state at the answer position (no adapter)."""
+    from medminds_hpc.data import prompts
+    from medminds_hpc.modeling.heads import last_hidden
+    from medminds_hpc.modeling.loading import load_model
+    from medminds_hpc.modeling.scoring import score_prompts
+
+    base, tokenizer = load_model("tiny")
+    base.eval()
+    texts = [prompts.mcq_prompt(r, PROMPT) for r in rows]
+    return score_prompts(lambda ids, mask, last: last_hidden(base, ids, mask, last), tokenizer, texts,
+                         device=next(base.parameters()).device, batch_size=64)
+
+
+def mixed(data: dict[str, str], split: str) -> list[dict[str, Any]]:
+    from medminds_hpc import paths
+    from medminds_hpc.data.prepare import load_prepared
+
+    return load_prepared("micro", split, paths.prepared_dir(data["mixed"])).to_list()
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, steps: int = 500, lr: float = 1e-2) -> Any:
+    """A multinomial logistic regression on standardised inputs, fitted full-batch; returns its predict function."""
+    import torch
+
+    x = torch.as_tensor(train_x, dtype=torch.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    torch.manual_seed(SEED)
+    probe = torch.nn.Linear(x.shape[1], 4)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    y = torch.as_tensor(train_y)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe((x - mean) / std), y).backward()
+        opt.step()
+    return lambda new: probe((torch.as_tensor(new, dtype=torch.float32) - mean) / std).argmax(1).numpy()
+
+
+def test_a_linear_probe_on_the_base_alone_cannot_solve_the_mix(data):
+    train, val = mixed(data, "medmcqa_train"), mixed(data, "medmcqa_validation")
+    train_x, train_y = base_states(train), np.array([r["answer"] for r in train])
+    predict = fit_probe(train_x, train_y)
+    fitted = float((predict(train_x) == train_y).mean())
+    accuracy = float((predict(base_states(val)) == np.array([r["answer"] for r in val])).mean())
+    print(f"probe on the base alone: {accuracy:.3f} (its own training rows: {fitted:.3f})")
+    assert fitted >= PROBE_FITS_AT_LEAST  # a probe that learned nothing would pass the next line for nothing
+    assert accuracy <= PROBE_AT_MOST
