@@ -8,7 +8,8 @@ How the router's gates g (routers.py) combine the experts (`spec.mix`):
   and the outputs are summed with the gates:
   `sum_e g_e * layer_e(h)`. With one expert chosen (gate 1) this is exactly expert e's next layer;
 - "deltas" (cheaper: one pass): every LoRA-wrapped projection adds `sum_e g_e * dW_e x`; the gate scales each
-  adapter's input (a pre-hook on its lora_A, as peft's X-LoRA scales it), and peft's LoRA forward does the rest.
+  adapter's rank-r activation (a pre-hook on its lora_B: `B(g A x) = g B A x`, and r is far narrower than the
+  hidden size), and peft's LoRA forward does the rest.
 A unit placed with no expert (over capacity, see routers.py) takes the base layer in both modes.
 
     lm, tok = features.load_experts({"task": task_run, "domain": domain_run})
@@ -72,15 +73,15 @@ class MixedDecoderLayer(nn.Module):
         self.names = tuple(names)
         self.mix = mix
         self.state = state
-        self._gates: torch.Tensor | None = None  # deltas: the gates the lora_A pre-hooks read during the pass
+        self._gates: torch.Tensor | None = None  # deltas: the gates the lora_B pre-hooks read during the pass
         if mix == "deltas":
             for module in lora_layers(layer):
                 for e, name in enumerate(self.names):
-                    if name in module.lora_A:
-                        module.lora_A[name].register_forward_pre_hook(functools.partial(self._scale_input, e))
+                    if name in module.lora_B:
+                        module.lora_B[name].register_forward_pre_hook(functools.partial(self._scale_input, e))
 
     def _scale_input(self, expert: int, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """lora_A of `expert` sees its input times the expert's gate, so the LoRA layer adds g_e * dW_e x."""
+        """lora_B of `expert` sees its input times the expert's gate, so the LoRA layer adds g_e * dW_e x."""
         if self._gates is None:
             return None
         x = args[0]
