@@ -79,6 +79,12 @@ def test_a_run_writes_the_metrics_contract_routing_statistics_and_routers_that_m
             assert layer["units"] == TRAIN  # every question of the epoch, once (sequence granularity)
             assert sum(layer["share"].values()) == pytest.approx(1.0) and set(layer["share"]) == {"task", "domain"}
     assert [v["layer"] for v in routing["validation"]] == [0, 1]
+    questions = moe.read_question_routing(ctx.run_dir)  # each question's gates per layer, as the shares count them
+    assert len(questions) == 2 * VALIDATION and set(questions["layer"]) == {0, 1}
+    for v in routing["validation"]:
+        layer = questions[questions["layer"] == v["layer"]]
+        assert {n: pytest.approx(float((layer["expert"] == n).mean()), abs=1e-6) for n in ("task", "domain")} == v["share"]
+        assert (layer["expert"] == layer[["gate_task", "gate_domain"]].idxmax(axis=1).str.removeprefix("gate_")).all()
     logged = [r for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if r.get("routing")]
     assert [r["layers"] for r in logged] == [e["layers"] for e in routing["epochs"]]
 

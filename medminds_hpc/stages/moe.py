@@ -13,9 +13,10 @@ train_experts=true.
 
 Routing statistics (per layer: the share of tokens or questions sent to each expert, their mean probability, gate
 entropy, overflow) are logged per training epoch into metrics.jsonl (`"routing": true` records) and, with the
-validation split's routing, into metrics.json under "routing". Writes predictions.parquet, metrics.json and
-artifacts/router (trainable.safetensors: routers + head; moe.json; the two adapters in peft format under adapters/
-when they trained).
+validation split's routing, into metrics.json under "routing"; which expert each validation question went to in
+each layer is in routing.parquet (`read_question_routing`). Writes predictions.parquet, routing.parquet,
+metrics.json and artifacts/router (trainable.safetensors: routers + head; moe.json; the two adapters in peft format
+under adapters/ when they trained).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 INFO_FILE = "moe.json"
 ADAPTERS_DIR = "adapters"
 CALLBACK = "RoutingStatistics"  # the routing statistics' name in the Trainer's checkpointed state
+ROUTING_FILE = "routing.parquet"  # per validation question and layer: its gates (`write_question_routing`)
 
 
 @dataclass
@@ -185,6 +187,32 @@ def validation_routing(gates: "np.ndarray", names: Sequence[str]) -> list[dict[s
     return out
 
 
+def write_question_routing(run_dir: Path, ids: Sequence[Any], gates: "np.ndarray", names: Sequence[str]) -> Path:
+    """routing.parquet: one row per question and layer (id, layer, gate_<expert> averaged over the question's real
+    tokens, expert: the one with the largest gate), so routing can be read against anything known per question."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    questions, layers, _ = gates.shape
+    frame = pd.DataFrame({"id": pd.Series(np.repeat([str(i) for i in ids], layers), dtype="string"),
+                          "layer": np.tile(np.arange(layers, dtype=np.int64), questions),
+                          **{f"gate_{n}": gates[:, :, e].reshape(-1).astype(np.float32) for e, n in enumerate(names)},
+                          "expert": pd.Series(np.asarray(names, dtype=object)[gates.argmax(-1).reshape(-1)], dtype="string")})
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    fileio.atomic_write_bytes(run_dir / ROUTING_FILE, buf.getvalue())
+    return run_dir / ROUTING_FILE
+
+
+def read_question_routing(run_dir: Path) -> Any:
+    """routing.parquet of a finished moe run -> DataFrame (id, layer, gate_<expert>..., expert)."""
+    import pandas as pd
+
+    return pd.read_parquet(run_dir / ROUTING_FILE)
+
+
 # the stage ---------------------------------------------------------------------------------------------------
 def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     """Train the routers and head (and the adapters, with train_experts) on MedMCQA train, then score validation."""
@@ -249,6 +277,8 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     logits, gates = scored[:, :4], scored[:, 4:].reshape(len(texts), layers, experts)
     eval_seconds = time.time() - started
     routing = {"epochs": routing_history(ctx.run_dir), "validation": validation_routing(gates, mixture.names)}
+    if ctx.is_rank_zero:
+        write_question_routing(ctx.run_dir, [r["id"] for r in val_rows], np.asarray(gates), mixture.names)
     extra = {"method": f"moe-{cfg.router}", **{k: v for k, v in info.items() if k != "model"}, "steps": outcome.steps,
              "train_rows": len(train_rows), "epochs": outcome.history, "best": outcome.best,
              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
