@@ -11,6 +11,9 @@ How the router's gates g (routers.py) combine the experts (`spec.mix`):
   adapter's rank-r activation (a pre-hook on its lora_B: `B(g A x) = g B A x`, and r is far narrower than the
   hidden size), and peft's LoRA forward does the rest.
 A unit placed with no expert (over capacity, see routers.py) takes the base layer in both modes.
+peft's X-LoRA is not offered as a router: it decides every layer's mix from a first pass over the whole model,
+a different design from a router reading each layer's own input (the paper's); `deltas` borrows its idea of
+scaling each adapter by its gate inside peft's LoRA forward.
 
     lm, tok = features.load_experts({"task": task_run, "domain": domain_run})
     mixture = install(lm, MoESpec(router="linear", mix="deltas"), seed=0)   # routers before every layer
