@@ -193,7 +193,10 @@ def test_cancel_stops_a_local_job_started_from_a_script_for_good(jobs_dir):
 def test_ctrl_c_while_waiting_stops_the_job_and_the_same_command_resumes_it(jobs_dir, medminds_home):
     write_job(jobs_dir, "slow", counter_job(steps=200, sleep_s=0.1) + "checkpoint_every_steps = 5\n")
     command = cli("submit", "slow", *LOCAL, "--wait")
-    waiting = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # as from a terminal: Ctrl-C at its default (an earlier test may have left this process ignoring it, which a
+    # child inherits, and Python then never turns it into KeyboardInterrupt)
+    waiting = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     until(lambda: list(medminds_home.glob("runs/slow-*/checkpoints/step-*")), what="a first checkpoint")
     os.killpg(waiting.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground process group
     out, err = waiting.communicate(timeout=60)
