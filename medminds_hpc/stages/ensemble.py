@@ -143,14 +143,6 @@ def save_ensemble(model: Any, directory: Path, info: dict[str, Any]) -> None:
     fileio.atomic_write_json(directory / INFO_FILE, info)
 
 
-def save_trainable(model: Any, directory: Path) -> None:
-    from safetensors.torch import save_file
-
-    from medminds_hpc.training import engine
-
-    save_file(engine.trainable_state(model), str(directory / engine.TRAINABLE_FILE))
-
-
 # the stage ---------------------------------------------------------------------------------------------------
 def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     """Train the head (and the adapters, with freeze_experts=false) on MedMCQA train, then score validation."""
@@ -229,13 +221,10 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
         return metrics.evaluate_predictions(val_ids, val_gold, score(m))
 
     plan = engine.TrainPlan(model=model, train_dataset=train_data, options=options, collator=collator,
-                            evaluate=evaluate, save_best=save_trainable)
+                            evaluate=evaluate, save_best=engine.save_trainable)
     outcome = engine.train(ctx, plan)
 
-    kept = "last"
-    if cfg.keep == "best" and outcome.best is not None:
-        engine.load_trainable_state(model, artifacts.path(ctx.run, artifacts.BEST) / engine.TRAINABLE_FILE)
-        kept = f"best (epoch {outcome.best['epoch']})"
+    kept = engine.keep_weights(ctx, model, outcome, cfg.keep)
     model.eval()
     weights = [round(float(w), 6) for w in model.head.expert_weights.detach().cpu()] if cfg.method == "weighted" else None
     info.update(kept=kept, expert_weights=weights)

@@ -105,20 +105,14 @@ def build_model(lm: Any, tokenizer: Any, cfg: Config) -> "MoEClassifier":
 def save_mixture(model: "MoEClassifier", directory: Path, info: dict[str, Any]) -> None:
     """The routers and head (trainable.safetensors, as the engine's checkpoints name them), what they were trained
     from (moe.json), and the two adapters in peft format (adapters/task, adapters/domain) when they trained."""
+    from medminds_hpc.training import engine
+
     directory.mkdir(parents=True, exist_ok=True)
-    save_trainable(model, directory)
+    engine.save_trainable(model, directory)
     if model.train_experts:
         with model.mixture.plain_layers() as lm:
             lm.save_pretrained(str(directory / ADAPTERS_DIR), selected_adapters=list(model.mixture.names))
     fileio.atomic_write_json(directory / INFO_FILE, info)
-
-
-def save_trainable(model: Any, directory: Path) -> None:
-    from safetensors.torch import save_file
-
-    from medminds_hpc.training import engine
-
-    save_file(engine.trainable_state(model), str(directory / engine.TRAINABLE_FILE))
 
 
 # routing statistics ------------------------------------------------------------------------------------------
@@ -249,14 +243,11 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     options = dataclasses.replace(cfg, precision=cfg.precision if cfg.amp else "fp32")
     plan = engine.TrainPlan(model=model, train_dataset=train_data, options=options,
                             collator=prompt_collator(tokenizer, cfg.max_length), evaluate=evaluate,
-                            save_best=save_trainable, callbacks=[routing_callback(ctx, mixture)],
+                            save_best=engine.save_trainable, callbacks=[routing_callback(ctx, mixture)],
                             args_extra={"adam_epsilon": cfg.adam_eps})
     outcome = engine.train(ctx, plan)
 
-    kept = "last"
-    if cfg.keep == "best" and outcome.best is not None:
-        engine.load_trainable_state(model, artifacts.path(ctx.run, artifacts.BEST) / engine.TRAINABLE_FILE)
-        kept = f"best (epoch {outcome.best['epoch']})"
+    kept = engine.keep_weights(ctx, model, outcome, cfg.keep)
     model.eval()
     info["kept"] = kept
     if ctx.is_rank_zero:

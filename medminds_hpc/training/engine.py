@@ -57,6 +57,22 @@ def trainable_state(model: Any) -> dict[str, Any]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def save_trainable(model: Any, directory: Path) -> None:
+    """The trainable weights into `directory` as the checkpoints name them (a TrainPlan's `save_best`)."""
+    from safetensors.torch import save_file
+
+    save_file(trainable_state(model), str(Path(directory) / TRAINABLE_FILE))
+
+
+def keep_weights(ctx: StageContext, model: Any, outcome: "TrainOutcome", keep: str) -> str:
+    """Put the best validated weights (saved by `save_trainable`) back into `model` when `keep` is "best";
+    returns which weights the model now holds, as reports name them."""
+    if keep != "best" or outcome.best is None:
+        return "last"
+    load_trainable_state(model, artifacts.path(ctx.run, artifacts.BEST) / TRAINABLE_FILE)
+    return f"best (epoch {outcome.best['epoch']})"
+
+
 def load_trainable_state(model: Any, path: Path) -> None:
     from safetensors.torch import load_file
 
