@@ -210,3 +210,12 @@ def test_experts_on_different_bases_stop_the_features_stage_before_anything_is_w
     with pytest.raises(UserError, match="different base models|was trained on 'tiny-4layer'"):
         features_stage.run(ctx, FEATURES)
     assert not artifacts.path(ctx.run, artifacts.FEATURES).exists()
+
+
+def test_keep_best_reports_and_saves_the_best_validated_epoch(home):
+    ctx = ensemble_ctx("ensemble-weighted-micro-00000050")
+    ensemble.run(ctx, config(method="weighted", epochs=3.0, keep="best"))
+    metrics = results.read(ctx.run_dir)
+    best = max(metrics["epochs"], key=lambda e: e["accuracy"])
+    assert metrics["kept"] == f"best (epoch {metrics['best']['epoch']})" and metrics["best"]["accuracy"] == best["accuracy"]
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"])  # the scored weights are the best epoch's
