@@ -120,6 +120,7 @@ class ModelShape:
 MISTRAL_7B = ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=32000)
 HUB_SHAPES = {"mistralai/Mistral-7B-Instruct-v0.2": MISTRAL_7B, "BioMistral/BioMistral-7B": MISTRAL_7B}
 MISTRAL_VOCAB = 32000
+PACKAGED_SHAPES = {"smollm2-135m-instruct": ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152)}
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,8 @@ def model_shape(model: str) -> tuple[ModelShape, bool]:
         if spec.hub_id not in HUB_SHAPES:
             raise UserError(f"model {model}: its shape is not known here; add it to HUB_SHAPES in medminds_hpc/memory.py")
         return HUB_SHAPES[spec.hub_id], True
+    if spec.kind == "packaged":
+        return PACKAGED_SHAPES[spec.name], False
     if spec.kind == "tiny":
         t = spec.tiny
         vocab = MISTRAL_VOCAB if os.environ.get(tokenizer.TOKENIZER_ENV) else tokenizer.BUILTIN_VOCAB_SIZE

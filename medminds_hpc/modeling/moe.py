@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from medminds_hpc.errors import UserError
-from medminds_hpc.modeling.heads import LastTokenClassifier, decoder_of
+from medminds_hpc.modeling.arch import decoder_layers, decoder_of
+from medminds_hpc.modeling.heads import LastTokenClassifier
 from medminds_hpc.modeling.lora import NON_REENTRANT
 from medminds_hpc.modeling.moe_spec import MoESpec
 from medminds_hpc.modeling.routers import Router, Routing, RoutingStats, build_router, stats_width
@@ -139,17 +140,26 @@ class MixedDecoderLayer(nn.Module):
         out: torch.Tensor | None = None
         for e in used:
             compat.route_adapter_layers(self.layer, [self.names[e]])
-            y = self.layer(hidden_states, *args, **kwargs)
+            y = _hidden_states(self.layer(hidden_states, *args, **kwargs), self.layer)
             term = gates[..., e:e + 1].to(y.dtype) * y
             out = term if out is None else out + term
         if unplaced is not None:
             compat.route_adapter_layers(self.layer, [])
-            y = self.layer(hidden_states, *args, **kwargs)
+            y = _hidden_states(self.layer(hidden_states, *args, **kwargs), self.layer)
             term = unplaced.unsqueeze(-1).to(y.dtype) * y
             out = term if out is None else out + term
         if out is None:
             raise RuntimeError("no expert and no unit: the router returned no weight at all")
         return out
+
+
+def _hidden_states(y: Any, layer: nn.Module) -> torch.Tensor:
+    """A decoder layer's output as the tensor the gates weigh (transformers 5 layers return exactly that)."""
+    if not isinstance(y, torch.Tensor):
+        raise UserError(f"decoder layer {type(layer).__name__} returns a {type(y).__name__}, not the hidden-states tensor; "
+                        "mix='outputs' sums layer outputs and needs a model whose decoder layers return a tensor "
+                        "(Mistral, Llama, Qwen2 under transformers 5); use mix='deltas' for this model")
+    return y
 
 
 def question_means(gates: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
@@ -218,14 +228,14 @@ class Mixture:
     @contextlib.contextmanager
     def plain_layers(self) -> Iterator[Any]:
         """The PeftModel with its original decoder layers back (e.g. to save the adapters in peft's own layout)."""
-        decoder_layers = decoder_of(self.lm).layers
+        layers = decoder_layers(self.lm)
         for i, mixed in enumerate(self.layers):
-            decoder_layers[i] = mixed.layer
+            layers[i] = mixed.layer
         try:
             yield self.lm
         finally:
             for i, mixed in enumerate(self.layers):
-                decoder_layers[i] = mixed
+                layers[i] = mixed
 
 
 def check_experts(lm: Any, names: Sequence[str]) -> None:
@@ -237,14 +247,14 @@ def check_experts(lm: Any, names: Sequence[str]) -> None:
                         f"(attached: {', '.join(attached) or 'none'}); load them with features.load_experts")
     from peft.tuners.lora import LoraLayer
 
-    decoder_layers = list(decoder_of(lm).layers)
-    inside = {id(m) for layer in decoder_layers for m in lora_layers(layer)}
+    layers = list(decoder_layers(lm))
+    inside = {id(m) for layer in layers for m in lora_layers(layer)}
     outside = [name for name, m in lm.named_modules()
                if isinstance(m, LoraLayer) and id(m) not in inside and any(n in m.lora_A for n in names)]
     if outside:
         raise UserError(f"expert adapters adapt modules outside the decoder layers ({', '.join(outside[:3])}); the mixture "
                         f"routes decoder layers only: train the experts with LoRA on the attention and MLP projections")
-    for layer in decoder_layers:
+    for layer in layers:
         for m in lora_layers(layer):
             if any(n in m.lora_variant for n in names) or any(n in m.merged_adapters for n in names):
                 raise UserError("the experts' adapters are merged into the base or are a LoRA variant (e.g. DoRA); the "
@@ -263,7 +273,7 @@ def install(lm: Any, spec: MoESpec, *, names: Sequence[str] = EXPERTS, seed: int
     decoder = decoder_of(lm)
     decoder.config.use_cache = False
     hidden = int(decoder.config.hidden_size)
-    layers = decoder.layers
+    layers = decoder_layers(lm)
     state = MixtureState(len(layers), names)
     mixed: list[MixedDecoderLayer] = []
     for i, layer in enumerate(layers):

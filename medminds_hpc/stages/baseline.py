@@ -149,9 +149,9 @@ def lora_backbone(base: Any, cfg: ClassifierConfig, expert: tuple[str, Path] | N
     The expert is merged into the weights when the base is not quantized (merge=None: decide by that), else kept as
     a frozen active adapter with the trainable LoRA stacked on top (merging into 4-bit weights would round them).
     """
-    from medminds_hpc.modeling.lora import ALL_PROJECTIONS, add_lora, is_quantized
+    from medminds_hpc.modeling.lora import add_lora, is_quantized
 
-    lora = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed, targets=ALL_PROJECTIONS)
+    lora = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, seed=cfg.seed)
     if expert is None:
         return add_lora(base, **lora)
     name, path = expert
@@ -169,15 +169,17 @@ def _stack_lora(base: Any, expert_name: str, expert_path: Path, cfg: ClassifierC
     from peft import LoraConfig, prepare_model_for_kbit_training
 
     from medminds_hpc.modeling.adapters import attach_adapters
-    from medminds_hpc.modeling.lora import ALL_PROJECTIONS, NON_REENTRANT, checkpointing_wanted, is_quantized
+    from medminds_hpc.modeling.arch import lora_targets
+    from medminds_hpc.modeling.lora import NON_REENTRANT, checkpointing_wanted, is_quantized
 
+    targets = lora_targets(base)
     if is_quantized(base):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing_wanted(cfg.gradient_checkpointing),
                                                gradient_checkpointing_kwargs=dict(NON_REENTRANT))
     model = attach_adapters(base, {expert_name: expert_path})  # frozen
     torch.manual_seed(cfg.seed)
     model.add_adapter(TRAINABLE_LORA, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(ALL_PROJECTIONS), task_type="CAUSAL_LM"))
+                                                 target_modules=list(targets), task_type="CAUSAL_LM"))
     model.base_model.set_adapter([expert_name, TRAINABLE_LORA])  # both act in every forward pass
     for name, param in model.named_parameters():
         param.requires_grad = f".{TRAINABLE_LORA}." in name  # peft just made the expert trainable too: undo that
