@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}
 stamp=.venv/.medminds-installed
 want=$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  extras="dev"
-  [ "${MEDMINDS_GPU_EXTRA:-0}" = 1 ] && extras="dev,gpu"
+  extras="dev,real"
+  [ "${MEDMINDS_GPU_EXTRA:-0}" = 1 ] && extras="dev,real,gpu"
   constraints=()
   command -v nvidia-smi >/dev/null 2>&1 || constraints=(-c constraints-cpu.txt)
   export PIP_DISABLE_PIP_VERSION_CHECK=1
