@@ -154,3 +154,17 @@ def test_a_decoder_without_a_layer_list_is_a_user_error(tok):
     lm._no_split_modules = ["SomethingElse"]
     with pytest.raises(UserError, match="cannot tell which module list of LlamaModel holds the decoder layers"):
         arch.decoder_layers(lm)
+
+
+def test_decoder_layers_returning_a_tuple_are_refused_by_mix_outputs(tok, monkeypatch):
+    """Older layer classes return (hidden_states, ...): summing such outputs cannot work, and the error says so."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    plain = LlamaDecoderLayer.forward
+    monkeypatch.setattr(LlamaDecoderLayer, "forward", lambda self, *a, **k: (plain(self, *a, **k),))
+    _, ids, mask = batch(tok)
+    lm = two_adapters(tok)
+    moe.install(lm, MoESpec(hard=False, mix="outputs", granularity="token"), names=NAMES, seed=0)
+    with pytest.raises(UserError, match=r"decoder layer LlamaDecoderLayer returns a tuple, not the hidden-states tensor.*"
+                                        r"use mix='deltas'"):
+        lm(input_ids=ids, attention_mask=mask, use_cache=False)

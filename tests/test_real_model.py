@@ -6,6 +6,7 @@ skipped with the reason when gguf or the wheel is not available here (never in C
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zipfile
@@ -126,15 +127,21 @@ def test_conversion_writes_an_ordinary_model_directory_once(converted, gguf_file
     assert (converted / "model.safetensors").stat().st_mtime_ns == before  # not rebuilt
 
 
+@pytest.fixture(scope="module")
+def loaded(converted):
+    from medminds_hpc.modeling.loading import load_model
+
+    return load_model(MODEL, device="cpu")
+
+
 @pytest.mark.slow
-def test_converted_logits_equal_the_gguf_models(converted, gguf_file):
+def test_converted_logits_equal_the_gguf_models(loaded, gguf_file):
     import torch
 
     from medminds_hpc.data import prompts
     from medminds_hpc.modeling import arch
-    from medminds_hpc.modeling.loading import load_model
 
-    model, tok = load_model(MODEL, device="cpu")
+    model, tok = loaded
     reference, ref_tok = packaged.load_gguf(gguf_file)
     texts = ["The capital of France is", "Question: Which vitamin deficiency causes scurvy?\nAnswer:",
              tok.apply_chat_template([{"role": "user", "content": "Name a bone of the arm."}], tokenize=False,
@@ -160,3 +167,26 @@ def test_baseline_nextword_on_20_real_questions(converted):
     assert results.problems(metrics) == []
     assert metrics["n"] == 20 and metrics["model"] == MODEL and 0 <= metrics["accuracy"] <= 1
     assert 0 < metrics["letter_mass_mean"] <= 1
+
+
+@pytest.mark.slow
+def test_the_mixture_builds_on_smollm2_with_two_fresh_adapters(loaded):
+    """Two fresh adapters (zero B: each is the base) under the mixture: the mixed model's logits are the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from medminds_hpc.data import prompts
+    from medminds_hpc.modeling import arch, moe
+    from medminds_hpc.modeling.moe_spec import MoESpec
+
+    model, tok = loaded
+    enc = prompts.encode_prompts(tok, ["Question: Which vitamin deficiency causes scurvy?\nAnswer:"], 64)
+    with torch.no_grad():
+        base = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    targets = list(arch.lora_targets(model))
+    lm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=targets), adapter_name="task")
+    lm.add_adapter("domain", LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    mixture = moe.install(lm, MoESpec(hard=False, mix="deltas", granularity="token"), names=("task", "domain"))
+    with torch.no_grad():
+        mixed = lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], use_cache=False).logits
+    assert len(mixture.layers) == 30 and torch.allclose(mixed, base, atol=1e-4)
