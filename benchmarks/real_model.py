@@ -1,6 +1,6 @@
 """The toolkit on a real pretrained model on CPU: SmolLM2-135M-Instruct (`--model smollm2-135m-instruct`).
 
-    .venv/bin/python benchmarks/real_model.py                     # ~15 min on one busy core
+    .venv/bin/python benchmarks/real_model.py                     # 5 min of CPU; 16 min wall on a busy 2-core machine
     .venv/bin/python benchmarks/real_model.py --questions 500 --heldout 300 --train-rows 400 --threads 2
 
 On the real samples in ../shared/data (MedMCQA dev sample, ARC-Challenge test), with the paper's prompt:
