@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from medminds_hpc import documents, fileio, paper, paths, results, runs, significance
+from medminds_hpc import documents, figures, fileio, paper, paths, results, runs, significance
 from medminds_hpc.documents import Column, Table
 from medminds_hpc.errors import UserError
 from medminds_hpc.tables import plain_duration
@@ -132,6 +132,7 @@ class Answers:
 
     key: str
     correct: Any  # numpy int8 array
+    accuracy: float = 0.0  # correct's mean, computed once: every pair of rows asks for it
 
 
 class AnswerReader:
@@ -167,7 +168,8 @@ class AnswerReader:
         if isinstance(order, str):
             return order
         key, permutation = order
-        return Answers(key, (predicted[labelled] == gold[labelled]).astype("int8")[permutation])
+        correct = (predicted[labelled] == gold[labelled]).astype("int8")[permutation]
+        return Answers(key, correct, float(correct.mean()))
 
 
 def _integers(column: Any) -> Any:
@@ -477,13 +479,14 @@ def compare(a: Group, b: Group, matched: list[tuple[Answers, Answers]]) -> Pair:
     table), and the bootstrap interval of the mean difference; A is the more accurate of the two."""
     import numpy as np
 
-    diff = np.sum([x.correct.astype(np.int64) - y.correct for x, y in matched], axis=0)
     k, n = len(matched), len(matched[0][0].correct)
-    acc_a = float(np.mean([x.correct.mean() for x, _ in matched]))
-    acc_b = float(np.mean([y.correct.mean() for _, y in matched]))
+    diff = (np.stack([x.correct for x, _ in matched]).sum(axis=0, dtype=np.int64)
+            - np.stack([y.correct for _, y in matched]).sum(axis=0, dtype=np.int64))
+    acc_a = float(np.mean([x.accuracy for x, _ in matched]))
+    acc_b = float(np.mean([y.accuracy for _, y in matched]))
     if acc_b > acc_a:
-        return compare(b, a, [(y, x) for x, y in matched])
-    lo, hi = significance.paired_bootstrap(diff.tolist())
+        a, b, acc_a, acc_b, diff = b, a, acc_b, acc_a, -diff
+    lo, hi = significance.paired_bootstrap(diff)
     only_a, only_b = int((diff > 0).sum()), int((diff < 0).sum())
     return Pair(a, b, k, n, acc_a, acc_b, only_a, only_b, significance.mcnemar_exact(only_a, only_b), (lo / k, hi / k))
 
@@ -629,43 +632,69 @@ def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
+Planned = tuple[str, str, figures.Job]  # a figure to draw: file name, caption, what to draw
+
+
 def make_figures(lines: list[Line], grid: SubjectGrid, recent: list[Finished]) -> tuple[list[Figure], list[str]]:
     """Every figure, and a note per run whose data could not be drawn."""
-    from medminds_hpc import figures
+    planned, problems = plan_figures(lines, grid, recent)
+    with figures.Drawing([job for _, _, job in planned]) as drawing:
+        return drawn(planned, drawing), problems
 
-    out, problems = [], []
+
+def plan_figures(lines: list[Line], grid: SubjectGrid, recent: list[Finished]) -> tuple[list[Planned], list[str]]:
+    """The study's figures then each recent run's; and a note per run whose data cannot be drawn."""
+    per_run, problems = run_figures(recent)
+    return study_figures(lines, grid) + per_run, problems
+
+
+def drawn(planned: list[Planned], drawing: figures.Drawing) -> list[Figure]:
+    return [Figure(name, caption, png) for (name, caption, _), png in zip(planned, drawing.pngs())]
+
+
+def study_figures(lines: list[Line], grid: SubjectGrid) -> list[Planned]:
+    """Accuracy beside the paper's, and per subject."""
     shown = [line for line in lines if line.kind in ("run", "paper")]
     rows = [(f"paper: {line.paper.method}" if line.kind == "paper" and line.paper else f"{line.label} ({line.dataset}, {line.model})",
              line.accuracy, line.interval, line.paper.accuracy if line.paper else None) for line in shown]
     refs = {(line.label.split(" (")[0] + ("" if line.accuracy == CHANCE else f" ({line.dataset})")): line.accuracy
             for line in lines if line.kind == "reference" and line.accuracy is not None}  # chance: one line
-    out.append(Figure("accuracy.png", "Accuracy with 95% intervals beside the paper's numbers",
-                      figures.accuracy(rows, list(refs.items()), "MedMCQA validation accuracy")))
+    out: list[Planned] = [("accuracy.png", "Accuracy with 95% intervals beside the paper's numbers",
+                           ("accuracy", (rows, list(refs.items()), "MedMCQA validation accuracy")))]
     if grid.subjects and grid.groups:
         labels = [f"{g.label} ({g.dataset}, {g.model})" for g in grid.groups]
-        out.append(Figure("per_subject.png", "Accuracy per subject (*: subject absent from training)",
-                          figures.heatmap(labels, grid.subjects, grid.values, grid.flagged, "accuracy per subject (%)")))
+        out.append(("per_subject.png", "Accuracy per subject (*: subject absent from training)",
+                    ("heatmap", (labels, grid.subjects, grid.values, grid.flagged, "accuracy per subject (%)"))))
+    return out
+
+
+def run_figures(recent: list[Finished]) -> tuple[list[Planned], list[str]]:
+    """Per run, what to draw (file name, caption, job): its confusion matrix, loss and accuracy per epoch, routing
+    (mixtures); and a note per run whose data cannot be drawn."""
+    out: list[Planned] = []
+    problems = []
     for f in recent:
         name = _safe_name(f.id)
         matrix = f.metrics.get("confusion_matrix")
         if isinstance(matrix, list) and len(matrix) == 4 and all(isinstance(r, list) and len(r) == 4 for r in matrix):
-            out.append(Figure(f"confusion-{name}.png", f"Confusion matrix of {f.id}", figures.confusion(matrix, f.id)))
+            out.append((f"confusion-{name}.png", f"Confusion matrix of {f.id}", ("confusion", (matrix, f.id))))
         else:
             problems.append(f"{f.id}: confusion_matrix is not 4 x 4; not drawn")
         epochs = [e for e in f.metrics.get("epochs") or [] if isinstance(e, dict)]
-        steps = [s for s in fileio.read_jsonl(f.run.dir / runs.METRICS_LOG) if not s.get("eval")]
+        logged = fileio.read_jsonl(f.run.dir / runs.METRICS_LOG)
+        steps = [s for s in logged if not s.get("eval")]
         if not epochs:
-            epochs = [s for s in fileio.read_jsonl(f.run.dir / runs.METRICS_LOG) if s.get("eval")]
+            epochs = [s for s in logged if s.get("eval")]
         if epochs or any("loss" in s for s in steps):
-            out.append(Figure(f"curves-{name}.png", f"Loss and accuracy per epoch of {f.id}", figures.curves(steps, epochs, f.id)))
+            out.append((f"curves-{name}.png", f"Loss and accuracy per epoch of {f.id}", ("curves", (steps, epochs, f.id))))
         if "routing" in f.metrics:
             try:
                 shares, experts = figures.parse_routing(f.metrics["routing"])
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 problems.append(f"{f.id}: routing statistics not drawn ({e})")
             else:
-                out.append(Figure(f"routing-{name}.png", f"Routing of {f.id}: share sent to each expert, layer x epoch",
-                                  figures.routing(shares, experts, f.id)))
+                out.append((f"routing-{name}.png", f"Routing of {f.id}: share sent to each expert, layer x epoch",
+                            ("routing", (shares, experts, f.id))))
     return out, problems
 
 
@@ -723,38 +752,26 @@ def check_out(out: Path | str | None) -> Path:
 
 
 def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
-    """Every output file's bytes (relative path -> content), computed before anything is written."""
+    """Every output file's bytes (relative path -> content), computed before anything is written. The figures
+    are drawn in other processes while this one reads the predictions and tests the pairs."""
     published = paper.load()
     finished, skipped = collect()
     groups = group_runs(finished)
     lines = [summarize(g, paper.by_experiment(published)) for g in groups] + references(groups, published)
     summary = summary_table(lines)
-
-    answers_cache: dict[str, Answers | None] = {}
-    no_answers: dict[str, str] = {}
-    read_answers = AnswerReader()
-
-    def answers(f: Finished) -> Answers | None:
-        if f.id not in answers_cache:
-            got = read_answers(f.run.dir)
-            answers_cache[f.id] = got if isinstance(got, Answers) else None
-            if isinstance(got, str):
-                no_answers[f.id] = got
-        return answers_cache[f.id]
-
-    found, unmatched = pairs(groups, answers)
-    tables = [summary, significance_table(found, unmatched, no_answers), per_subject_table(grid := subject_grid(groups))]
+    grid = subject_grid(groups)
+    drawing_asked = "png" in formats or "html" in formats
+    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:RECENT_RUN_FIGURES] if drawing_asked else []
+    planned, figure_notes = plan_figures(lines, grid, recent) if drawing_asked else ([], [])
+    with figures.Drawing([job for _, _, job in planned]) as drawing:
+        tables = [summary, significance_table(*tested_pairs(groups)), per_subject_table(grid)]
+        figs = drawn(planned, drawing)
 
     files: dict[str, bytes] = {}
     for fmt in formats:
         if fmt in TABLE_FORMATS:
             for t in tables:
                 files[f"{t.name}.{fmt}"] = TABLE_FORMATS[fmt](t).encode()
-    figs: list[Figure] = []
-    figure_notes: list[str] = []
-    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:RECENT_RUN_FIGURES]
-    if "png" in formats or "html" in formats:
-        figs, figure_notes = make_figures(lines, grid, recent)
     if "png" in formats:
         for fig in figs:
             files[f"{FIGURES_DIR}/{fig.name}"] = fig.png
@@ -766,6 +783,24 @@ def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
     return files, report
 
 
+def tested_pairs(groups: list[Group]) -> tuple[list[Pair], int, dict[str, str]]:
+    """The pairs of rows tested, how many were on other questions, and the runs without usable predictions (why)."""
+    cache: dict[str, Answers | None] = {}
+    no_answers: dict[str, str] = {}
+    read_answers = AnswerReader()
+
+    def answers(f: Finished) -> Answers | None:
+        if f.id not in cache:
+            got = read_answers(f.run.dir)
+            cache[f.id] = got if isinstance(got, Answers) else None
+            if isinstance(got, str):
+                no_answers[f.id] = got
+        return cache[f.id]
+
+    found, unmatched = pairs(groups, answers)
+    return found, unmatched, no_answers
+
+
 @dataclass
 class _Context:
     finished: list[Finished]
@@ -775,9 +810,8 @@ class _Context:
     formats: tuple[str, ...]
 
     def about(self) -> str:
-        figures = ("png" in self.formats or "html" in self.formats) and self.recent
         return (f"{len(self.finished)} finished run(s) reported, {len(self.skipped)} skipped, from $MEDMINDS_HOME/runs."
-                + (f" Per-run figures: the {len(self.recent)} most recent of them." if figures else ""))
+                + (f" Per-run figures: the {len(self.recent)} most recent of them." if self.recent else ""))
 
 
 def _index_html(tables: list[Table], figs: list[Figure], context: _Context) -> str:
@@ -848,10 +882,10 @@ def write_report(out: Path | str | None = None, formats: str | None = None) -> R
     chosen = parse_formats(formats)
     where = check_out(out)
     files, report = build(chosen)
-    figures = {name.split("/", 1)[1]: data for name, data in files.items() if name.startswith(FIGURES_DIR + "/")}
+    drawn = {name.split("/", 1)[1]: data for name, data in files.items() if name.startswith(FIGURES_DIR + "/")}
     where.mkdir(parents=True, exist_ok=True)
     if "png" in chosen:
-        fileio.replace_dir(where / FIGURES_DIR, lambda tmp: _write_all(tmp, figures))
+        fileio.replace_dir(where / FIGURES_DIR, lambda tmp: _write_all(tmp, drawn))
     _write_all(where, {name: data for name, data in files.items() if not name.startswith(FIGURES_DIR + "/")})
     report.out = where
     return report
