@@ -70,8 +70,9 @@ def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
 
 
 def parts() -> list[tuple[str, float]]:
-    """The report's parts, timed in this process (imports already paid by the first call)."""
-    from medminds_hpc import documents, paper, report
+    """The report's parts, timed one after the other in this process (imports paid by the first that needs them);
+    `medminds report` overlaps the figures with reading the predictions and testing the pairs."""
+    from medminds_hpc import documents, figures, paper, report
 
     out, started = [], time.perf_counter()
 
@@ -107,8 +108,18 @@ def parts() -> list[tuple[str, float]]:
         documents.markdown(t), documents.csv_text(t), documents.latex(t)
     lap("render md, csv, tex")
     recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:report.RECENT_RUN_FIGURES]
-    figs, _ = report.make_figures(lines, grid, recent)
-    lap(f"{len(figs)} figures (matplotlib import included)")
+    planned, _ = report.plan_figures(lines, grid, recent)
+    kinds = sorted({job[0] for _, _, job in planned})
+    with figures.Drawing([job for _, _, job in planned]) as drawing:
+        drawing.pngs()
+    lap(f"{len(planned)} figures in {drawing.workers or 'no'} worker processes (their imports included)")
+    import matplotlib.figure  # noqa: F401 - its import timed apart from the drawing
+    lap("import matplotlib (in this process)")
+    for kind in kinds:
+        jobs = [job for _, _, job in planned if job[0] == kind]
+        for job in jobs:
+            figures._draw(*job)
+        lap(f"  {len(jobs)} x {kind}, in this process")
     return out
 
 
@@ -135,7 +146,7 @@ def main() -> None:
             seconds = timed([*cli, "--out", str(Path(tmp) / "out"), *extra], env, args.repeat)
             verdict = "" if extra else ("  [target <= 3 s: OK]" if seconds <= 3.0 else "  [target <= 3 s: OVER]")
             print(f"  {label:<30} {seconds:6.2f} s{verdict}")
-        print("the parts, in one process:")
+        print("the parts, one after the other in one process:")
         for name, seconds in parts():
             print(f"  {name:<45} {seconds:6.2f} s")
 

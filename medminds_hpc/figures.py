@@ -62,6 +62,11 @@ class Drawing:
                                     stdout=log, stderr=subprocess.STDOUT)
             self._procs.append((proc, log, out))
 
+    @property
+    def workers(self) -> int:
+        """How many worker processes draw (0: this process does)."""
+        return len(self._procs)
+
     def pngs(self) -> list[bytes]:
         if not self._procs:
             return [_draw(kind, args) for kind, args in self.jobs]
