@@ -436,6 +436,29 @@ def test_figures_page_and_two_reports_byte_identical(medminds_home, tmp_path):
     assert "## Figures not drawn" in readme and "routing statistics not drawn" in readme
 
 
+def test_a_figure_redrawn_on_its_template_is_the_figure_drawn_afresh(monkeypatch):
+    steps = [{"epoch": s / 4, "loss": 1.5 - s / 10} for s in range(1, 9)]
+    epochs = [{"epoch": 1.0, "accuracy": 0.4, "eval_loss": 1.3}, {"epoch": 2.0, "accuracy": 0.5, "eval_loss": 1.2}]
+    monkeypatch.setattr(figures, "_TEMPLATES", {})
+    fresh = figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"), figures.curves(steps, epochs, "run a")
+    figures.confusion([[0, 0, 0, 9]] * 4, "a much longer title of run b")
+    figures.curves([{"epoch": 9.0, "loss": 40.0}], [{"epoch": 9.0, "accuracy": 1.0, "eval_loss": 30.0}], "run b")
+    again = figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"), figures.curves(steps, epochs, "run a")
+    assert again == fresh and fresh[0] != figures.confusion([[0, 0, 0, 9]] * 4, "run a")
+
+
+@pytest.mark.slow
+def test_figures_drawn_by_workers_are_the_bytes_drawn_here_and_a_failure_says_so(monkeypatch):
+    monkeypatch.setattr(figures, "_cpus", lambda: 2)
+    monkeypatch.setattr(figures, "POOL_FROM", 2)
+    jobs = [("confusion", ([[i, 1, 2, 3]] * 4, f"run {i}")) for i in range(3)]
+    with figures.Drawing(jobs) as drawing:
+        assert drawing.workers == 2
+        assert drawing.pngs() == [figures.confusion(*args) for _, args in jobs]
+    with figures.Drawing([("pie", ()), jobs[0]]) as drawing, pytest.raises(RuntimeError, match="no figure kind 'pie'"):
+        drawing.pngs()
+
+
 # the page opened in a real browser (Debian's chromium, headless) -----------------------------------------------------
 PROBE = """<script>
 var probe = {errors: []};
