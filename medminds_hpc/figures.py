@@ -276,15 +276,26 @@ def heatmap(row_labels: Sequence[str], column_labels: Sequence[str], values: Seq
 def routing(shares: list[list[list[float]]], experts: Sequence[str], title: str) -> bytes:
     """One heatmap per expert: layer (rows) x epoch (columns), the share of tokens the router sent to it."""
     layers, epochs = len(shares), len(shares[0])
-    width = 1.5 + (1.6 + 0.15 * epochs) * len(experts)
-    fig = _figure(width, max(2.6, 1.3 + 0.12 * layers), left=0.6, right=0.9, top=0.6, bottom=0.5, wspace=0.25)
-    axes = []
-    for e, name in enumerate(experts):
-        ax = fig.add_subplot(1, len(experts), e + 1)
-        axes.append(ax)
-        image = ax.imshow([[shares[layer][epoch][e] for epoch in range(epochs)] for layer in range(layers)],
-                          cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
+    shape = ("routing", layers, epochs, len(experts))
+    if shape not in _TEMPLATES:
+        _TEMPLATES[shape] = _routing_template(layers, epochs, len(experts))
+    fig, axes, images = _TEMPLATES[shape]
+    for e, (ax, image, name) in enumerate(zip(axes, images, experts)):
+        image.set_data([[shares[layer][epoch][e] for epoch in range(epochs)] for layer in range(layers)])
         ax.set_title(f"share to {name}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _routing_template(layers: int, epochs: int, experts: int) -> tuple[Any, list[Any], list[Any]]:
+    """The figure `routing` redraws for every mixture with as many layers, epochs and experts."""
+    width = 1.5 + (1.6 + 0.15 * epochs) * experts
+    fig = _figure(width, max(2.6, 1.3 + 0.12 * layers), left=0.6, right=0.9, top=0.6, bottom=0.5, wspace=0.25)
+    axes, images = [], []
+    for e in range(experts):
+        ax = fig.add_subplot(1, experts, e + 1)
+        axes.append(ax)
+        images.append(ax.imshow([[0.0] * epochs] * layers, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto"))
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_xticks(range(epochs))
         ax.set_xticklabels([str(i + 1) for i in range(epochs)], fontsize=6)
@@ -293,9 +304,8 @@ def routing(shares: list[list[list[float]]], experts: Sequence[str], title: str)
         ax.set_yticklabels([str(i) for i in range(0, layers, step)] if e == 0 else [], fontsize=6)
         if e == 0:
             ax.set_ylabel("layer", fontsize=8)
-    fig.colorbar(image, ax=axes, fraction=0.5 / width, pad=0.15 / width)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    fig.colorbar(images[-1], ax=axes, fraction=0.5 / width, pad=0.15 / width)
+    return fig, axes, images
 
 
 KINDS = ("accuracy", "confusion", "curves", "heatmap", "routing")

@@ -439,12 +439,18 @@ def test_figures_page_and_two_reports_byte_identical(medminds_home, tmp_path):
 def test_a_figure_redrawn_on_its_template_is_the_figure_drawn_afresh(monkeypatch):
     steps = [{"epoch": s / 4, "loss": 1.5 - s / 10} for s in range(1, 9)]
     epochs = [{"epoch": 1.0, "accuracy": 0.4, "eval_loss": 1.3}, {"epoch": 2.0, "accuracy": 0.5, "eval_loss": 1.2}]
+    shares = [[[0.6, 0.4], [0.7, 0.3]], [[0.2, 0.8], [0.1, 0.9]]]
     monkeypatch.setattr(figures, "_TEMPLATES", {})
-    fresh = figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"), figures.curves(steps, epochs, "run a")
+
+    def run_a() -> tuple[bytes, bytes, bytes]:
+        return (figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"),
+                figures.curves(steps, epochs, "run a"), figures.routing(shares, ["task", "domain"], "run a"))
+
+    fresh = run_a()
     figures.confusion([[0, 0, 0, 9]] * 4, "a much longer title of run b")
     figures.curves([{"epoch": 9.0, "loss": 40.0}], [{"epoch": 9.0, "accuracy": 1.0, "eval_loss": 30.0}], "run b")
-    again = figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"), figures.curves(steps, epochs, "run a")
-    assert again == fresh and fresh[0] != figures.confusion([[0, 0, 0, 9]] * 4, "run a")
+    figures.routing([[[1.0, 0.0], [0.0, 1.0]]] * 2, ["x", "y"], "run b")
+    assert run_a() == fresh and fresh[0] != figures.confusion([[0, 0, 0, 9]] * 4, "run a")
 
 
 @pytest.mark.slow
