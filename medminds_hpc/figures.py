@@ -5,6 +5,10 @@ canvas: no pyplot state, no display needed on a login node. Margins are set by h
 (a layout engine draws every figure twice: 40% slower). PNGs carry no "Software" or date text, so the same input
 gives the same bytes.
 
+Speed (a report draws ~50 figures): the per-run kinds (confusion, curves, routing) redraw one figure per shape with
+new data, since creating axes and ticks costs as much as drawing them (the bytes equal a fresh figure's); and
+`Drawing` spreads the figures over worker processes while the report goes on reading predictions.
+
 Routing statistics (mixture-of-experts runs) are read from metrics.json's "routing" in any of these shapes:
     {"experts": ["task", "domain"], "layers": [[[0.6, 0.4], ...per epoch], ...per layer]}
     {"experts": [...], "epochs": [{"epoch": 1, "layers": [[0.6, 0.4], ...per layer]}, ...]}

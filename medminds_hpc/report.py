@@ -17,7 +17,7 @@ What it writes (each format asked for; default all):
 Reads run directories and never writes into them. Deterministic: the same runs give byte-identical files (no
 timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch,
 transformers, peft, datasets or pandas; pyarrow (with numpy) only to read predictions.parquet, matplotlib only when
-figures are asked for (png, html).
+figures are asked for (png, html), and then in worker processes drawing while this one reads (figures.Drawing).
 """
 
 from __future__ import annotations
