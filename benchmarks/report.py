@@ -72,7 +72,7 @@ def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
 def parts() -> list[tuple[str, float]]:
     """The report's parts, timed one after the other in this process (imports paid by the first that needs them);
     `medminds report` overlaps the figures with reading the predictions and testing the pairs."""
-    from medminds_hpc import documents, figures, paper, report
+    from medminds_hpc import documents, figures, finished, paper, report
 
     out, started = [], time.perf_counter()
 
@@ -83,22 +83,22 @@ def parts() -> list[tuple[str, float]]:
         started = now
 
     published = paper.load()
-    finished, skipped = report.collect()
-    lap(f"read {len(finished)} run.json + metrics.json")
-    groups = report.group_runs(finished)
+    done, _ = finished.collect()
+    lap(f"read {len(done)} run.json + metrics.json")
+    groups = report.group_runs(done)
     lines = [report.summarize(g, paper.by_experiment(published)) for g in groups] + report.references(groups, published)
     grid = report.subject_grid(groups)
     lap(f"summary ({len(groups)} rows) and per-subject tables")
-    reader = report.AnswerReader()
-    cache: dict[str, report.Answers | None] = {}
+    reader = finished.AnswerReader()
+    cache: dict[str, finished.Answers | None] = {}
 
-    def answers(f: report.Finished) -> report.Answers | None:
+    def answers(f: finished.Finished) -> finished.Answers | None:
         if f.id not in cache:
             got = reader(f.run.dir)
-            cache[f.id] = got if isinstance(got, report.Answers) else None
+            cache[f.id] = got if isinstance(got, finished.Answers) else None
         return cache[f.id]
 
-    for f in finished:
+    for f in done:
         answers(f)
     lap(f"read {len(cache)} predictions.parquet")
     found, _ = report.pairs(groups, answers)
@@ -107,18 +107,18 @@ def parts() -> list[tuple[str, float]]:
     for t in tables:
         documents.markdown(t), documents.csv_text(t), documents.latex(t)
     lap("render md, csv, tex")
-    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:report.RECENT_RUN_FIGURES]
+    recent = sorted(done, key=lambda f: f.recency, reverse=True)[:report.RECENT_RUN_FIGURES]
     planned, _ = report.plan_figures(lines, grid, recent)
     kinds = sorted({job[0] for _, _, job in planned})
     with figures.Drawing([job for _, _, job in planned]) as drawing:
         drawing.pngs()
     lap(f"{len(planned)} figures in {drawing.workers or 'no'} worker processes (their imports included)")
-    import matplotlib.figure  # noqa: F401 - its import timed apart from the drawing
+    import matplotlib.figure  # noqa: F401 - its import, timed apart from the drawing
     lap("import matplotlib (in this process)")
     for kind in kinds:
         jobs = [job for _, _, job in planned if job[0] == kind]
         for job in jobs:
-            figures._draw(*job)
+            figures.draw(*job)
         lap(f"  {len(jobs)} x {kind}, in this process")
     return out
 

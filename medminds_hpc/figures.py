@@ -73,7 +73,7 @@ class Drawing:
 
     def pngs(self) -> list[bytes]:
         if not self._procs:
-            return [_draw(kind, args) for kind, args in self.jobs]
+            return [draw(kind, args) for kind, args in self.jobs]
         import pickle
 
         shares = []
@@ -113,13 +113,14 @@ def _worker() -> None:
     jobs_file, out = sys.argv[1:3]
     with open(jobs_file, "rb") as f:
         jobs = pickle.load(f)
-    pngs = [_draw(kind, args) for kind, args in jobs]
+    pngs = [draw(kind, args) for kind, args in jobs]
     with open(out + ".part", "wb") as f:
         pickle.dump(pngs, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(out + ".part", out)
 
 
-def _draw(kind: str, args: tuple[Any, ...]) -> bytes:
+def draw(kind: str, args: tuple[Any, ...]) -> bytes:
+    """One job: the drawing function named `kind` called with `args`."""
     if kind not in KINDS:
         raise ValueError(f"no figure kind {kind!r}; known: {', '.join(KINDS)}")
     return globals()[kind](*args)
