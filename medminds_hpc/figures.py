@@ -57,14 +57,18 @@ class Drawing:
         self._tmp = tempfile.TemporaryDirectory(prefix="medminds-figures-")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = f"import sys; sys.path.insert(0, {root!r}); from medminds_hpc.figures import _worker; _worker()"
-        for w in range(workers):
-            share, out = os.path.join(self._tmp.name, f"{w}.jobs"), os.path.join(self._tmp.name, f"{w}.pngs")
-            with open(share, "wb") as f:
-                pickle.dump(jobs[w::workers], f, protocol=pickle.HIGHEST_PROTOCOL)
-            log = open(os.path.join(self._tmp.name, f"{w}.log"), "wb")  # noqa: SIM115 - closed in __exit__
-            proc = subprocess.Popen([sys.executable, "-c", code, share, out], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT)
-            self._procs.append((proc, log, out))
+        try:
+            for w in range(workers):
+                share, out = os.path.join(self._tmp.name, f"{w}.jobs"), os.path.join(self._tmp.name, f"{w}.pngs")
+                with open(share, "wb") as f:
+                    pickle.dump(jobs[w::workers], f, protocol=pickle.HIGHEST_PROTOCOL)
+                log = open(os.path.join(self._tmp.name, f"{w}.log"), "wb")  # noqa: SIM115 - closed in __exit__
+                proc = subprocess.Popen([sys.executable, "-c", code, share, out], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT)
+                self._procs.append((proc, log, out))
+        except BaseException:
+            self.__exit__()
+            raise
 
     @property
     def workers(self) -> int:
