@@ -5,6 +5,10 @@ canvas: no pyplot state, no display needed on a login node. Margins are set by h
 (a layout engine draws every figure twice: 40% slower). PNGs carry no "Software" or date text, so the same input
 gives the same bytes.
 
+Speed (a report draws ~50 figures): the per-run kinds (confusion, curves, routing) redraw one figure per shape with
+new data, since creating axes and ticks costs as much as drawing them (the bytes equal a fresh figure's); and
+`Drawing` spreads the figures over worker processes while the report goes on reading predictions.
+
 Routing statistics (mixture-of-experts runs) are read from metrics.json's "routing" in any of these shapes:
     {"experts": ["task", "domain"], "layers": [[[0.6, 0.4], ...per epoch], ...per layer]}
     {"experts": [...], "epochs": [{"epoch": 1, "layers": [[0.6, 0.4], ...per layer]}, ...]}
@@ -17,12 +21,113 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from typing import Any, Sequence
 
 DPI = 100
 LETTERS = ("A", "B", "C", "D")
 CHAR_INCHES = 0.0094  # width of a character per point of font size, for margins that fit the labels
 CELL_TEXT_LIMIT = 300  # heatmaps with more cells show colours only (each number is a text to lay out)
+MAX_WORKERS = 4  # processes drawing at once: a figure takes 50-150 ms of one core, matplotlib's import ~0.5 s
+POOL_FROM = 8  # fewer figures than this are drawn in the calling process: starting workers costs ~0.5 s
+Job = tuple[str, tuple[Any, ...]]  # (the name of a drawing function of this module, its arguments)
+# figures redrawn with new data for each run of the same shape (see `confusion`): key -> the figure and its artists
+_TEMPLATES: dict[tuple[Any, ...], Any] = {}
+
+
+class Drawing:
+    """Draws figures in worker processes while the caller goes on (reading, testing pairs); `pngs()` waits and
+    gives them in the order asked. Each worker is a fresh `python` reading its share of the jobs from a file
+    (no fork of the caller, whose threads may hold locks; no re-import of the caller's main script). With fewer
+    than POOL_FROM jobs, or one CPU, they are drawn in this process by `pngs()`. Use it as a context manager:
+    leaving it stops workers still running and removes their files."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        self._procs: list[tuple[Any, Any, str]] = []
+        self._tmp: Any = None
+        workers = min(MAX_WORKERS, _cpus(), len(jobs))
+        if len(jobs) < POOL_FROM or workers < 2:
+            return
+        import pickle
+        import subprocess
+        import sys
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="medminds-figures-")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {root!r}); from medminds_hpc.figures import _worker; _worker()"
+        try:
+            for w in range(workers):
+                share, out = os.path.join(self._tmp.name, f"{w}.jobs"), os.path.join(self._tmp.name, f"{w}.pngs")
+                with open(share, "wb") as f:
+                    pickle.dump(jobs[w::workers], f, protocol=pickle.HIGHEST_PROTOCOL)
+                log = open(os.path.join(self._tmp.name, f"{w}.log"), "wb")  # noqa: SIM115 - closed in __exit__
+                proc = subprocess.Popen([sys.executable, "-c", code, share, out], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT)
+                self._procs.append((proc, log, out))
+        except BaseException:
+            self.__exit__()
+            raise
+
+    @property
+    def workers(self) -> int:
+        """How many worker processes draw (0: this process does)."""
+        return len(self._procs)
+
+    def pngs(self) -> list[bytes]:
+        if not self._procs:
+            return [draw(kind, args) for kind, args in self.jobs]
+        import pickle
+
+        shares = []
+        for proc, log, out in self._procs:
+            if proc.wait() != 0:
+                log.flush()
+                with open(log.name, "rb") as f:
+                    tail = f.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"a figure worker failed (exit {proc.returncode}): {tail[0]}")
+            with open(out, "rb") as f:
+                shares.append(pickle.load(f))
+        workers = len(shares)
+        return [shares[i % workers][i // workers] for i in range(len(self.jobs))]
+
+    def __enter__(self) -> Drawing:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for proc, log, _ in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _worker() -> None:
+    """`python -c ... JOBS OUT`: draw the pickled jobs in JOBS, pickle their PNGs (a list) into OUT."""
+    import pickle
+    import sys
+
+    jobs_file, out = sys.argv[1:3]
+    with open(jobs_file, "rb") as f:
+        jobs = pickle.load(f)
+    pngs = [draw(kind, args) for kind, args in jobs]
+    with open(out + ".part", "wb") as f:
+        pickle.dump(pngs, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(out + ".part", out)
+
+
+def draw(kind: str, args: tuple[Any, ...]) -> bytes:
+    """One job: the drawing function named `kind` called with `args`."""
+    if kind not in KINDS:
+        raise ValueError(f"no figure kind {kind!r}; known: {', '.join(KINDS)}")
+    return globals()[kind](*args)
 
 
 def _figure(width: float, height: float, *, left: float = 0.7, right: float = 0.2, bottom: float = 0.6,
@@ -58,20 +163,14 @@ def accuracy(rows: Sequence[tuple[str, float | None, tuple[float, float] | None,
     fig = _figure(left + 6.0, bottom + 0.4 + 0.28 * max(len(rows), 1), left=left, bottom=bottom, right=0.3)
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(rows)))[::-1]
-    labelled: set[str] = set()  # each legend entry once
-
-    def label(name: str) -> str | None:
-        first = name not in labelled
-        labelled.add(name)
-        return name if first else None
-
-    for y, (_label, ours, interval, paper) in zip(ys, rows):
-        if ours is not None:
-            lo, hi = interval if interval else (ours, ours)
-            ax.errorbar([100 * ours], [y], xerr=[[100 * (ours - lo)], [100 * (hi - ours)]], fmt="o", color="#1f77b4",
-                        capsize=3, label=label("this project (95% interval)"))
-        if paper is not None:
-            ax.plot([100 * paper], [y], "D", color="#d62728", label=label("paper"))
+    ours = [(y, o, i or (o, o)) for y, (_label, o, i, _paper) in zip(ys, rows) if o is not None]
+    if ours:  # one call for all rows: an errorbar call per row costs ~20 ms each
+        ax.errorbar([100 * o for _, o, _ in ours], [y for y, _, _ in ours], fmt="o", color="#1f77b4", capsize=3,
+                    xerr=[[100 * (o - i[0]) for _, o, i in ours], [100 * (i[1] - o) for _, o, i in ours]],
+                    label="this project (95% interval)")
+    papers = [(y, paper) for y, (_label, _o, _i, paper) in zip(ys, rows) if paper is not None]
+    if papers:
+        ax.plot([100 * p for _, p in papers], [y for y, _ in papers], "D", color="#d62728", linestyle="none", label="paper")
     styles = ("--", ":", "-.")
     for i, (name, value) in enumerate(references):
         ax.axvline(100 * value, color="#7f7f7f", linestyle=styles[i % len(styles)], linewidth=1, label=name)
@@ -89,19 +188,26 @@ def accuracy(rows: Sequence[tuple[str, float | None, tuple[float, float] | None,
 
 def confusion(matrix: Sequence[Sequence[int]], title: str) -> bytes:
     """Rows: the gold letter; columns: the predicted one; each cell's count, shaded by its share of the row."""
-    fig = _figure(3.4, 3.3, left=0.6, bottom=0.55, top=0.35, right=0.15)
-    ax = fig.add_subplot(1, 1, 1)
+    template = _TEMPLATES.get(("confusion",))
+    if template is None:
+        fig = _figure(3.4, 3.3, left=0.6, bottom=0.55, top=0.35, right=0.15)
+        ax = fig.add_subplot(1, 1, 1)
+        image = ax.imshow([[0.0] * 4] * 4, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        cells = [[ax.text(j, i, "", ha="center", va="center", fontsize=8) for j in range(4)] for i in range(4)]
+        ax.set_xticks(range(4))
+        ax.set_xticklabels(LETTERS)
+        ax.set_yticks(range(4))
+        ax.set_yticklabels(LETTERS)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        template = _TEMPLATES[("confusion",)] = (fig, ax, image, cells)
+    fig, ax, image, cells = template
     shares = [[c / max(sum(row), 1) for c in row] for row in matrix]
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    image.set_data(shares)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, f"{count}", ha="center", va="center", fontsize=8, color="white" if shares[i][j] > 0.6 else "black")
-    ax.set_xticks(range(4))
-    ax.set_xticklabels(LETTERS)
-    ax.set_yticks(range(4))
-    ax.set_yticklabels(LETTERS)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
+            cells[i][j].set_text(f"{count}")
+            cells[i][j].set_color("white" if shares[i][j] > 0.6 else "black")
     ax.set_title(title, fontsize=8)
     return _png(fig)
 
@@ -113,27 +219,41 @@ def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], ti
     validation_loss = next(([(e["epoch"], e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))]
                             for key in ("eval_loss", "val_loss", "loss")
                             if any(_num(e.get(key)) for e in epochs)), [])
-    accuracies = [(label, color, [(e["epoch"], 100 * e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))])
-                  for key, label, color in (("train_accuracy", "training", "#1f77b4"), ("accuracy", "validation", "#d62728"))]
-    panels = [p for p, wanted in (("loss", train or validation_loss), ("accuracy (%)", any(a[2] for a in accuracies))) if wanted]
+    accuracies = [[(e["epoch"], 100 * e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))]
+                  for key in ("train_accuracy", "accuracy")]
+    series = {"loss": [s for s in (train, validation_loss)], "accuracy (%)": accuracies}
+    panels = tuple(p for p, wanted in series.items() if any(wanted))
+    shape = ("curves", panels, tuple(bool(points) for p in panels for points in series[p]))
+    if shape not in _TEMPLATES:
+        _TEMPLATES[shape] = _curves_template(panels, [[bool(points) for points in series[p]] for p in panels])
+    fig, axes, lines = _TEMPLATES[shape]
+    for ax, p, panel_lines in zip(axes, panels, lines):
+        for line, points in zip(panel_lines, (points for points in series[p] if points)):
+            line.set_data(*zip(*points))
+        ax.relim()
+        ax.autoscale_view()
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _curves_template(panels: tuple[str, ...], present: list[list[bool]]) -> tuple[Any, list[Any], list[list[Any]]]:
+    """The figure `curves` redraws for every run with the same panels and series: creating axes and their ticks
+    costs as much as drawing them."""
+    styles = {"loss": (("training", "-", "#1f77b4"), ("validation", "o-", "#d62728")),
+              "accuracy (%)": (("training", "o-", "#1f77b4"), ("validation", "o-", "#d62728"))}
     fig = _figure(0.5 + 3.5 * max(len(panels), 1), 3.0, left=0.7, top=0.45, bottom=0.55, wspace=0.35)
-    for i, what in enumerate(panels):
+    axes, lines = [], []
+    for i, (what, wanted) in enumerate(zip(panels, present)):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        if what == "loss":
-            if train:
-                ax.plot(*zip(*train), color="#1f77b4", linewidth=1, label="training")
-            if validation_loss:
-                ax.plot(*zip(*validation_loss), "o-", color="#d62728", label="validation")
-        else:
-            for label, color, points in accuracies:
-                if points:
-                    ax.plot(*zip(*points), "o-", color=color, label=label)
+        made = [ax.plot([], [], style, color=color, label=label, **({"linewidth": 1} if style == "-" else {}))[0]
+                for (label, style, color), want in zip(styles[what], wanted) if want]
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+        axes.append(ax)
+        lines.append(made)
+    return fig, axes, lines
 
 
 def heatmap(row_labels: Sequence[str], column_labels: Sequence[str], values: Sequence[Sequence[float | None]],
@@ -165,15 +285,26 @@ def heatmap(row_labels: Sequence[str], column_labels: Sequence[str], values: Seq
 def routing(shares: list[list[list[float]]], experts: Sequence[str], title: str) -> bytes:
     """One heatmap per expert: layer (rows) x epoch (columns), the share of tokens the router sent to it."""
     layers, epochs = len(shares), len(shares[0])
-    width = 1.5 + (1.6 + 0.15 * epochs) * len(experts)
-    fig = _figure(width, max(2.6, 1.3 + 0.12 * layers), left=0.6, right=0.9, top=0.6, bottom=0.5, wspace=0.25)
-    axes = []
-    for e, name in enumerate(experts):
-        ax = fig.add_subplot(1, len(experts), e + 1)
-        axes.append(ax)
-        image = ax.imshow([[shares[layer][epoch][e] for epoch in range(epochs)] for layer in range(layers)],
-                          cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
+    shape = ("routing", layers, epochs, len(experts))
+    if shape not in _TEMPLATES:
+        _TEMPLATES[shape] = _routing_template(layers, epochs, len(experts))
+    fig, axes, images = _TEMPLATES[shape]
+    for e, (ax, image, name) in enumerate(zip(axes, images, experts)):
+        image.set_data([[shares[layer][epoch][e] for epoch in range(epochs)] for layer in range(layers)])
         ax.set_title(f"share to {name}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _routing_template(layers: int, epochs: int, experts: int) -> tuple[Any, list[Any], list[Any]]:
+    """The figure `routing` redraws for every mixture with as many layers, epochs and experts."""
+    width = 1.5 + (1.6 + 0.15 * epochs) * experts
+    fig = _figure(width, max(2.6, 1.3 + 0.12 * layers), left=0.6, right=0.9, top=0.6, bottom=0.5, wspace=0.25)
+    axes, images = [], []
+    for e in range(experts):
+        ax = fig.add_subplot(1, experts, e + 1)
+        axes.append(ax)
+        images.append(ax.imshow([[0.0] * epochs] * layers, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto"))
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_xticks(range(epochs))
         ax.set_xticklabels([str(i + 1) for i in range(epochs)], fontsize=6)
@@ -182,9 +313,11 @@ def routing(shares: list[list[list[float]]], experts: Sequence[str], title: str)
         ax.set_yticklabels([str(i) for i in range(0, layers, step)] if e == 0 else [], fontsize=6)
         if e == 0:
             ax.set_ylabel("layer", fontsize=8)
-    fig.colorbar(image, ax=axes, fraction=0.5 / width, pad=0.15 / width)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    fig.colorbar(images[-1], ax=axes, fraction=0.5 / width, pad=0.15 / width)
+    return fig, axes, images
+
+
+KINDS = ("accuracy", "confusion", "curves", "heatmap", "routing")
 
 
 def parse_routing(obj: Any) -> tuple[list[list[list[float]]], list[str]]:

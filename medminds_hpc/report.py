@@ -14,10 +14,10 @@ What it writes (each format asked for; default all):
 - figures/*.png (png) and index.html (html: every table and figure in one file), and README.md, which says what
   each file holds, how the numbers are computed, and which runs were skipped and why.
 
-Reads run directories and never writes into them. Deterministic: the same runs give byte-identical files (no
+Reads run directories (medminds_hpc/finished.py) and never writes into them. Deterministic: the same runs give byte-identical files (no
 timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch,
 transformers, peft, datasets or pandas; pyarrow (with numpy) only to read predictions.parquet, matplotlib only when
-figures are asked for (png, html).
+figures are asked for (png, html), and then in worker processes drawing while this one reads (figures.Drawing).
 """
 
 from __future__ import annotations
@@ -32,168 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from medminds_hpc import documents, fileio, paper, paths, results, runs, significance
+from medminds_hpc import documents, figures, fileio, paper, paths, runs, significance
 from medminds_hpc.documents import Column, Table
 from medminds_hpc.errors import UserError
+from medminds_hpc.finished import Answers, AnswerReader, Finished, Skipped, collect
 from medminds_hpc.tables import plain_duration
 
 FORMATS = ("md", "csv", "tex", "html", "png")
 TABLE_FORMATS = {"md": documents.markdown, "csv": documents.csv_text, "tex": documents.latex}
 RECENT_RUN_FIGURES = 20  # per-run figures (confusion matrix, curves, routing) for this many most recent runs
 FIGURES_DIR = "figures"
-PREDICTIONS = "predictions.parquet"
-# stages whose runs evaluate nothing: listed as skipped with what they write instead
-NOT_EVALUATIONS = {"prepare": "card.json", "doctor": "doctor.json", "features": "the feature cache"}
 DATASET_ORDER = ("micro", "mini", "mega")
 # where an experiment sits in the study, for the order of rows (then alphabetical)
 STUDY_ORDER = ("expert-", "baseline-nextword", "baseline-classifier-", "merge-", "ensemble-", "moe-")
 CHANCE = 0.25
-
-
-# reading runs -------------------------------------------------------------------------------------------------
-@dataclass
-class Finished:
-    """A finished run with valid metrics: what every table is made of."""
-
-    run: runs.Run
-    metrics: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return self.run.id
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        return self.metrics["run"]
-
-    @property
-    def recency(self) -> tuple[str, str]:
-        d = self.run.data
-        return (str(d.get("finished_at") or d.get("updated_at") or d.get("created_at") or ""), self.id)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    run: str
-    reason: str
-
-
-def collect() -> tuple[list[Finished], list[Skipped]]:
-    """Every run directory under $MEDMINDS_HOME/runs: the finished runs with valid metrics, and the others with why."""
-    finished, skipped = [], []
-    for run_dir in runs.iter_run_dirs():
-        try:
-            run = runs.load(run_dir)
-        except UserError as e:
-            skipped.append(Skipped(run_dir.name, str(e)))
-            continue
-        outcome = _finished(run)
-        (finished if isinstance(outcome, Finished) else skipped).append(outcome)
-    return finished, skipped
-
-
-def _finished(run: runs.Run) -> Finished | Skipped:
-    d = run.data
-    state = run.state
-    if state != runs.COMPLETED:
-        if state == runs.FAILED:
-            error = str(d.get("error") or "no error recorded").strip().splitlines()[0][:200]
-            return Skipped(run.id, f"failed ({error}); see `medminds logs {run.id}`")
-        if state == runs.CANCELLED:
-            return Skipped(run.id, "cancelled; submit it again to resume it")
-        return Skipped(run.id, f"not finished (run.json says {state})")
-    path = run.dir / results.FILE
-    if not path.exists():
-        stage = str(d.get("stage", ""))
-        if stage in NOT_EVALUATIONS:
-            return Skipped(run.id, f"not an evaluation (stage {stage} writes {NOT_EVALUATIONS[stage]}, not metrics.json)")
-        return Skipped(run.id, "finished without metrics.json; submit it again with --force to evaluate it")
-    try:
-        record = fileio.read_json(path)
-    except json.JSONDecodeError as e:
-        return Skipped(run.id, f"metrics.json is not valid JSON (line {e.lineno}); submit it again with --force")
-    except OSError as e:
-        return Skipped(run.id, f"metrics.json cannot be read ({e.strerror}); check its permissions")
-    wrong = results.problems(record)
-    if wrong:
-        return Skipped(run.id, f"metrics.json does not fit the schema ({'; '.join(wrong[:3])}); submit it again with --force")
-    if record["run"]["run_id"] != run.id:
-        return Skipped(run.id, f"metrics.json belongs to run {record['run']['run_id']} (copied from another run?); "
-                               "submit it again with --force")
-    if record["accuracy"] is None:
-        return Skipped(run.id, "no labelled questions were evaluated (accuracy is empty)")
-    return Finished(run, record)
-
-
-# which questions each run got right (predictions.parquet) ------------------------------------------------------
-@dataclass(frozen=True)
-class Answers:
-    """A run's labelled questions, sorted by id: `key` names the question set, `correct` is 1/0 per question."""
-
-    key: str
-    correct: Any  # numpy int8 array
-
-
-class AnswerReader:
-    """Reads predictions.parquet into Answers. Sorting question ids costs more than reading the file, so each
-    distinct id list (runs on the same split share one) is sorted once. Only pyarrow's buffers and lists are used:
-    its numpy conversions and table operations import pandas (a second on a login node)."""
-
-    def __init__(self) -> None:
-        self._orders: dict[str, tuple[str, Any] | str] = {}
-
-    def __call__(self, run_dir: Path) -> Answers | str:
-        """Answers, or a sentence saying why there are none (missing, unreadable, repeated ids)."""
-        path = run_dir / PREDICTIONS
-        if not path.exists():
-            return f"no {PREDICTIONS}"
-        import hashlib
-
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(path).read(columns=["id", "gold", "predicted"], use_threads=False)
-            gold, predicted = _integers(table.column("gold")), _integers(table.column("predicted"))
-        except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged or foreign file
-            return f"{PREDICTIONS} cannot be read ({type(e).__name__}: {str(e)[:120]})"
-        labelled = gold != -1
-        ids = table.column("id").combine_chunks()
-        raw = hashlib.sha256(f"{ids.type}|{ids.offset}|{len(ids)}|".encode() + labelled.tobytes())
-        for buffer in ids.buffers()[1:]:
-            raw.update(b"|" if buffer is None else memoryview(buffer))
-        order = self._orders.get(raw.hexdigest())
-        if order is None:
-            order = self._orders[raw.hexdigest()] = _sorted_order(ids.to_pylist(), labelled)
-        if isinstance(order, str):
-            return order
-        key, permutation = order
-        return Answers(key, (predicted[labelled] == gold[labelled]).astype("int8")[permutation])
-
-
-def _integers(column: Any) -> Any:
-    """An int64 column as a numpy array, straight from its buffer."""
-    import numpy as np
-
-    array = column.combine_chunks()
-    if array.null_count:
-        raise ValueError(f"{array.null_count} missing values")
-    if str(array.type) != "int64":
-        return np.asarray(array.to_pylist(), dtype=np.int64)
-    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
-
-
-def _sorted_order(ids: list[Any], labelled: Any) -> tuple[str, Any] | str:
-    """(a name for the set of labelled question ids, the permutation sorting them), or why there is none."""
-    import hashlib
-
-    import numpy as np
-
-    kept = np.asarray([str(i) for i in ids])[labelled]
-    permutation = np.argsort(kept, kind="stable")
-    kept = kept[permutation]
-    if len(kept) > 1 and (kept[1:] == kept[:-1]).any():
-        return f"{PREDICTIONS} repeats question ids"
-    return hashlib.sha256("\n".join(kept.tolist()).encode()).hexdigest(), permutation
 
 
 # rows: experiment x dataset x model (x parameter variant) -----------------------------------------------------
@@ -477,13 +329,14 @@ def compare(a: Group, b: Group, matched: list[tuple[Answers, Answers]]) -> Pair:
     table), and the bootstrap interval of the mean difference; A is the more accurate of the two."""
     import numpy as np
 
-    diff = np.sum([x.correct.astype(np.int64) - y.correct for x, y in matched], axis=0)
     k, n = len(matched), len(matched[0][0].correct)
-    acc_a = float(np.mean([x.correct.mean() for x, _ in matched]))
-    acc_b = float(np.mean([y.correct.mean() for _, y in matched]))
+    diff = (np.stack([x.correct for x, _ in matched]).sum(axis=0, dtype=np.int64)
+            - np.stack([y.correct for _, y in matched]).sum(axis=0, dtype=np.int64))
+    acc_a = float(np.mean([x.accuracy for x, _ in matched]))
+    acc_b = float(np.mean([y.accuracy for _, y in matched]))
     if acc_b > acc_a:
-        return compare(b, a, [(y, x) for x, y in matched])
-    lo, hi = significance.paired_bootstrap(diff.tolist())
+        a, b, acc_a, acc_b, diff = b, a, acc_b, acc_a, -diff
+    lo, hi = significance.paired_bootstrap(diff)
     only_a, only_b = int((diff > 0).sum()), int((diff < 0).sum())
     return Pair(a, b, k, n, acc_a, acc_b, only_a, only_b, significance.mcnemar_exact(only_a, only_b), (lo / k, hi / k))
 
@@ -629,43 +482,62 @@ def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def make_figures(lines: list[Line], grid: SubjectGrid, recent: list[Finished]) -> tuple[list[Figure], list[str]]:
-    """Every figure, and a note per run whose data could not be drawn."""
-    from medminds_hpc import figures
+Planned = tuple[str, str, figures.Job]  # a figure to draw: file name, caption, what to draw
 
-    out, problems = [], []
+
+def plan_figures(lines: list[Line], grid: SubjectGrid, recent: list[Finished]) -> tuple[list[Planned], list[str]]:
+    """The study's figures then each recent run's; and a note per run whose data cannot be drawn."""
+    per_run, problems = run_figures(recent)
+    return study_figures(lines, grid) + per_run, problems
+
+
+def drawn(planned: list[Planned], drawing: figures.Drawing) -> list[Figure]:
+    return [Figure(name, caption, png) for (name, caption, _), png in zip(planned, drawing.pngs())]
+
+
+def study_figures(lines: list[Line], grid: SubjectGrid) -> list[Planned]:
+    """Accuracy beside the paper's, and per subject."""
     shown = [line for line in lines if line.kind in ("run", "paper")]
     rows = [(f"paper: {line.paper.method}" if line.kind == "paper" and line.paper else f"{line.label} ({line.dataset}, {line.model})",
              line.accuracy, line.interval, line.paper.accuracy if line.paper else None) for line in shown]
     refs = {(line.label.split(" (")[0] + ("" if line.accuracy == CHANCE else f" ({line.dataset})")): line.accuracy
             for line in lines if line.kind == "reference" and line.accuracy is not None}  # chance: one line
-    out.append(Figure("accuracy.png", "Accuracy with 95% intervals beside the paper's numbers",
-                      figures.accuracy(rows, list(refs.items()), "MedMCQA validation accuracy")))
+    out: list[Planned] = [("accuracy.png", "Accuracy with 95% intervals beside the paper's numbers",
+                           ("accuracy", (rows, list(refs.items()), "MedMCQA validation accuracy")))]
     if grid.subjects and grid.groups:
         labels = [f"{g.label} ({g.dataset}, {g.model})" for g in grid.groups]
-        out.append(Figure("per_subject.png", "Accuracy per subject (*: subject absent from training)",
-                          figures.heatmap(labels, grid.subjects, grid.values, grid.flagged, "accuracy per subject (%)")))
+        out.append(("per_subject.png", "Accuracy per subject (*: subject absent from training)",
+                    ("heatmap", (labels, grid.subjects, grid.values, grid.flagged, "accuracy per subject (%)"))))
+    return out
+
+
+def run_figures(recent: list[Finished]) -> tuple[list[Planned], list[str]]:
+    """Per run, what to draw (file name, caption, job): its confusion matrix, loss and accuracy per epoch, routing
+    (mixtures); and a note per run whose data cannot be drawn."""
+    out: list[Planned] = []
+    problems = []
     for f in recent:
         name = _safe_name(f.id)
         matrix = f.metrics.get("confusion_matrix")
         if isinstance(matrix, list) and len(matrix) == 4 and all(isinstance(r, list) and len(r) == 4 for r in matrix):
-            out.append(Figure(f"confusion-{name}.png", f"Confusion matrix of {f.id}", figures.confusion(matrix, f.id)))
+            out.append((f"confusion-{name}.png", f"Confusion matrix of {f.id}", ("confusion", (matrix, f.id))))
         else:
             problems.append(f"{f.id}: confusion_matrix is not 4 x 4; not drawn")
         epochs = [e for e in f.metrics.get("epochs") or [] if isinstance(e, dict)]
-        steps = [s for s in fileio.read_jsonl(f.run.dir / runs.METRICS_LOG) if not s.get("eval")]
+        logged = fileio.read_jsonl(f.run.dir / runs.METRICS_LOG)
+        steps = [s for s in logged if not s.get("eval")]
         if not epochs:
-            epochs = [s for s in fileio.read_jsonl(f.run.dir / runs.METRICS_LOG) if s.get("eval")]
+            epochs = [s for s in logged if s.get("eval")]
         if epochs or any("loss" in s for s in steps):
-            out.append(Figure(f"curves-{name}.png", f"Loss and accuracy per epoch of {f.id}", figures.curves(steps, epochs, f.id)))
+            out.append((f"curves-{name}.png", f"Loss and accuracy per epoch of {f.id}", ("curves", (steps, epochs, f.id))))
         if "routing" in f.metrics:
             try:
                 shares, experts = figures.parse_routing(f.metrics["routing"])
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 problems.append(f"{f.id}: routing statistics not drawn ({e})")
             else:
-                out.append(Figure(f"routing-{name}.png", f"Routing of {f.id}: share sent to each expert, layer x epoch",
-                                  figures.routing(shares, experts, f.id)))
+                out.append((f"routing-{name}.png", f"Routing of {f.id}: share sent to each expert, layer x epoch",
+                            ("routing", (shares, experts, f.id))))
     return out, problems
 
 
@@ -723,38 +595,26 @@ def check_out(out: Path | str | None) -> Path:
 
 
 def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
-    """Every output file's bytes (relative path -> content), computed before anything is written."""
+    """Every output file's bytes (relative path -> content), computed before anything is written. The figures
+    are drawn in other processes while this one reads the predictions and tests the pairs."""
     published = paper.load()
     finished, skipped = collect()
     groups = group_runs(finished)
     lines = [summarize(g, paper.by_experiment(published)) for g in groups] + references(groups, published)
     summary = summary_table(lines)
-
-    answers_cache: dict[str, Answers | None] = {}
-    no_answers: dict[str, str] = {}
-    read_answers = AnswerReader()
-
-    def answers(f: Finished) -> Answers | None:
-        if f.id not in answers_cache:
-            got = read_answers(f.run.dir)
-            answers_cache[f.id] = got if isinstance(got, Answers) else None
-            if isinstance(got, str):
-                no_answers[f.id] = got
-        return answers_cache[f.id]
-
-    found, unmatched = pairs(groups, answers)
-    tables = [summary, significance_table(found, unmatched, no_answers), per_subject_table(grid := subject_grid(groups))]
+    grid = subject_grid(groups)
+    drawing_asked = "png" in formats or "html" in formats
+    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:RECENT_RUN_FIGURES] if drawing_asked else []
+    planned, figure_notes = plan_figures(lines, grid, recent) if drawing_asked else ([], [])
+    with figures.Drawing([job for _, _, job in planned]) as drawing:
+        tables = [summary, significance_table(*tested_pairs(groups)), per_subject_table(grid)]
+        figs = drawn(planned, drawing)
 
     files: dict[str, bytes] = {}
     for fmt in formats:
         if fmt in TABLE_FORMATS:
             for t in tables:
                 files[f"{t.name}.{fmt}"] = TABLE_FORMATS[fmt](t).encode()
-    figs: list[Figure] = []
-    figure_notes: list[str] = []
-    recent = sorted(finished, key=lambda f: f.recency, reverse=True)[:RECENT_RUN_FIGURES]
-    if "png" in formats or "html" in formats:
-        figs, figure_notes = make_figures(lines, grid, recent)
     if "png" in formats:
         for fig in figs:
             files[f"{FIGURES_DIR}/{fig.name}"] = fig.png
@@ -766,6 +626,24 @@ def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
     return files, report
 
 
+def tested_pairs(groups: list[Group]) -> tuple[list[Pair], int, dict[str, str]]:
+    """The pairs of rows tested, how many were on other questions, and the runs without usable predictions (why)."""
+    cache: dict[str, Answers | None] = {}
+    no_answers: dict[str, str] = {}
+    read_answers = AnswerReader()
+
+    def answers(f: Finished) -> Answers | None:
+        if f.id not in cache:
+            got = read_answers(f.run.dir)
+            cache[f.id] = got if isinstance(got, Answers) else None
+            if isinstance(got, str):
+                no_answers[f.id] = got
+        return cache[f.id]
+
+    found, unmatched = pairs(groups, answers)
+    return found, unmatched, no_answers
+
+
 @dataclass
 class _Context:
     finished: list[Finished]
@@ -775,9 +653,8 @@ class _Context:
     formats: tuple[str, ...]
 
     def about(self) -> str:
-        figures = ("png" in self.formats or "html" in self.formats) and self.recent
         return (f"{len(self.finished)} finished run(s) reported, {len(self.skipped)} skipped, from $MEDMINDS_HOME/runs."
-                + (f" Per-run figures: the {len(self.recent)} most recent of them." if figures else ""))
+                + (f" Per-run figures: the {len(self.recent)} most recent of them." if self.recent else ""))
 
 
 def _index_html(tables: list[Table], figs: list[Figure], context: _Context) -> str:
@@ -848,10 +725,10 @@ def write_report(out: Path | str | None = None, formats: str | None = None) -> R
     chosen = parse_formats(formats)
     where = check_out(out)
     files, report = build(chosen)
-    figures = {name.split("/", 1)[1]: data for name, data in files.items() if name.startswith(FIGURES_DIR + "/")}
+    drawn = {name.split("/", 1)[1]: data for name, data in files.items() if name.startswith(FIGURES_DIR + "/")}
     where.mkdir(parents=True, exist_ok=True)
     if "png" in chosen:
-        fileio.replace_dir(where / FIGURES_DIR, lambda tmp: _write_all(tmp, figures))
+        fileio.replace_dir(where / FIGURES_DIR, lambda tmp: _write_all(tmp, drawn))
     _write_all(where, {name: data for name, data in files.items() if not name.startswith(FIGURES_DIR + "/")})
     report.out = where
     return report

@@ -16,9 +16,8 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from fractions import Fraction
-from typing import Sequence
+from typing import Any, Sequence
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
 T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604, 2.1448,
@@ -41,23 +40,22 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
 
 
-def paired_bootstrap(differences: Sequence[int]) -> tuple[float, float]:
-    """Percentile 95% interval of the mean of integer per-question `differences` when the questions are resampled
+def paired_bootstrap(differences: Sequence[int] | Any) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of integer per-question `differences` (a list or numpy array) when the
+    questions are resampled
     with replacement: the bootstrap distribution itself (what infinitely many resamples would give), computed from
     the distribution of one question's difference raised to the n-th convolution power (one FFT)."""
     import numpy as np
 
-    n = len(differences)
+    values = np.asarray(differences, dtype=np.int64)
+    n = len(values)
     if n == 0:
         raise ValueError("no questions to resample")
-    counts = Counter(int(d) for d in differences)
-    low, high = min(counts), max(counts)
+    low, high = int(values.min()), int(values.max())
     if low == high:
         return float(low), float(low)
     width = high - low  # one draw, shifted to 0..width; the sum of n draws lies in 0..n*width
-    one = np.zeros(width + 1)
-    for value, count in counts.items():
-        one[value - low] = count / n
+    one = np.bincount(values - low, minlength=width + 1) / n
     steps = np.arange(width + 1)
     mean, var = float(one @ steps), float(one @ steps ** 2) - float(one @ steps) ** 2
     # the sum's whole range, or a window of +-14 sd around its mean when that is smaller (the mass outside it,

@@ -4,9 +4,12 @@ input (one line, exit 2, nothing written)."""
 
 import csv
 import hashlib
+import html
 import io
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -431,6 +434,90 @@ def test_figures_page_and_two_reports_byte_identical(medminds_home, tmp_path):
         assert title in page
     readme = (first.out / "README.md").read_text()
     assert "## Figures not drawn" in readme and "routing statistics not drawn" in readme
+
+
+def test_a_figure_redrawn_on_its_template_is_the_figure_drawn_afresh(monkeypatch):
+    steps = [{"epoch": s / 4, "loss": 1.5 - s / 10} for s in range(1, 9)]
+    epochs = [{"epoch": 1.0, "accuracy": 0.4, "eval_loss": 1.3}, {"epoch": 2.0, "accuracy": 0.5, "eval_loss": 1.2}]
+    shares = [[[0.6, 0.4], [0.7, 0.3]], [[0.2, 0.8], [0.1, 0.9]]]
+    monkeypatch.setattr(figures, "_TEMPLATES", {})
+
+    def run_a() -> tuple[bytes, bytes, bytes]:
+        return (figures.confusion([[5, 1, 0, 0], [0, 6, 1, 0], [2, 0, 4, 0], [0, 0, 0, 7]], "run a"),
+                figures.curves(steps, epochs, "run a"), figures.routing(shares, ["task", "domain"], "run a"))
+
+    fresh = run_a()
+    figures.confusion([[0, 0, 0, 9]] * 4, "a much longer title of run b")
+    figures.curves([{"epoch": 9.0, "loss": 40.0}], [{"epoch": 9.0, "accuracy": 1.0, "eval_loss": 30.0}], "run b")
+    figures.routing([[[1.0, 0.0], [0.0, 1.0]]] * 2, ["x", "y"], "run b")
+    assert run_a() == fresh and fresh[0] != figures.confusion([[0, 0, 0, 9]] * 4, "run a")
+
+
+@pytest.mark.slow
+def test_figures_drawn_by_workers_are_the_bytes_drawn_here_and_a_failure_says_so(monkeypatch):
+    monkeypatch.setattr(figures, "_cpus", lambda: 2)
+    monkeypatch.setattr(figures, "POOL_FROM", 2)
+    jobs = [("confusion", ([[i, 1, 2, 3]] * 4, f"run {i}")) for i in range(3)]
+    with figures.Drawing(jobs) as drawing:
+        assert drawing.workers == 2
+        assert drawing.pngs() == [figures.confusion(*args) for _, args in jobs]
+    with figures.Drawing([("pie", ()), jobs[0]]) as drawing, pytest.raises(RuntimeError, match="no figure kind 'pie'"):
+        drawing.pngs()
+
+
+# the page opened in a real browser (Debian's chromium, headless) -----------------------------------------------------
+PROBE = """<script>
+var probe = {errors: []};
+window.addEventListener("error", function (e) {
+  probe.errors.push(e.target && e.target.tagName ? e.target.tagName.toLowerCase() : String(e.message));
+}, true);
+window.addEventListener("load", function () {
+  var images = Array.from(document.images), tables = Array.from(document.querySelectorAll("table"));
+  probe.images = images.length;
+  probe.decoded = images.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; }).length;
+  probe.tables = tables.map(function (t) { return [t.rows.length, Math.round(t.getBoundingClientRect().height)]; });
+  var out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify(probe);
+  document.body.appendChild(out);
+});
+</script>"""
+# a PNG cut short after its signature: the browser must fail to decode it, so the probe is seen to catch a bad image
+BROKEN_IMAGE = '<img alt="control" src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUg==">'
+
+
+def chromium() -> str:
+    """The browser's path; a skip without it, except in CI (CI=true), where .ci/run installs it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("chromium is not installed: CI installs it in .ci/run (apt-get install chromium)")
+    pytest.skip("chromium is not installed; `apt-get install chromium` to check the page in a real browser")
+
+
+@pytest.mark.slow
+def test_the_page_renders_tables_and_every_image_in_a_real_browser(medminds_home, tmp_path):
+    browser = chromium()
+    study(seeds=1)
+    out = report.write_report(tmp_path / "out", "html,csv").out
+    page = (out / "index.html").read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1).replace("</body>", BROKEN_IMAGE + "\n</body>", 1))
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probed.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
+    assert proc.returncode == 0 and found, (proc.returncode, proc.stderr[-2000:])
+    seen = json.loads(html.unescape(found.group(1)))
+    figures_on_page = page.count("<img ")
+    assert figures_on_page == 2 + 4 + 4 + 1  # accuracy, per subject; per run: confusion, curves; one routing
+    assert seen["images"] == figures_on_page + 1 and seen["decoded"] == figures_on_page, seen
+    assert seen["errors"] == ["img"], seen  # the control's, nothing else: no script or resource error on the page
+    assert [rows for rows, _ in seen["tables"]] == [len(rows_of(out, t)) + 1 for t in ("summary", "significance", "per_subject")]
+    assert all(height > 20 * rows for rows, height in seen["tables"]), seen
+    assert "Uncaught" not in proc.stderr
 
 
 @pytest.mark.slow
