@@ -70,7 +70,8 @@ def test_a_run_writes_the_metrics_contract_routing_statistics_and_routers_that_m
     metrics = results.read(ctx.run_dir)
     assert results.problems(metrics) == [] and metrics["n"] == VALIDATION == out["n"] and out["steps"] == 8
     assert metrics["method"] == "moe-linear" and metrics["mix"] == "outputs" and metrics["hard"] is True
-    assert [e["epoch"] for e in metrics["epochs"]] == [1.0, 2.0]  # validated every epoch
+    assert [(e["epoch"], e["split"]) for e in metrics["epochs"]] == [(1.0, "dev"), (2.0, "dev")]  # judged every epoch
+    assert metrics["selection"] == "dev" and metrics["train_rows"] + metrics["dev_rows"] == TRAIN
     routing = metrics["routing"]
     assert [e["epoch"] for e in routing["epochs"]] == [1.0, 2.0]
     for epoch in routing["epochs"]:

@@ -128,7 +128,7 @@ def epoch_metrics(model: Any, tokenizer: Any, val_rows: list[dict[str, Any]], ho
     MedMCQA validation accuracy (selection=validation, with the own-task figure beside it)."""
     task_accuracy = own_task_accuracy(model, tokenizer, holdout, cfg)
     if cfg.selection == "dev":
-        return {"accuracy": task_accuracy}
+        return {"accuracy": task_accuracy, "task_accuracy": task_accuracy}
     result, _ = validate(model, tokenizer, val_rows, cfg)
     return {"accuracy": result["accuracy"], "task_accuracy": task_accuracy}
 

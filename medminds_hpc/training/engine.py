@@ -294,7 +294,7 @@ def _add_train_seconds(ctx: StageContext, seconds: float) -> float:
 
 
 def eval_history(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch validation records across every attempt (an epoch replayed after a hard kill counts once)."""
+    """Per-epoch judging records (dev or validation: their "split") across every attempt (an epoch replayed after a hard kill counts once)."""
     by_epoch: dict[float, dict[str, Any]] = {}
     for record in fileio.read_jsonl(run_dir / "metrics.jsonl"):
         if record.get("eval"):
