@@ -77,7 +77,7 @@ def test_a_run_writes_the_metrics_contract_routing_statistics_and_routers_that_m
     for epoch in routing["epochs"]:
         assert [layer["layer"] for layer in epoch["layers"]] == [0, 1]
         for layer in epoch["layers"]:
-            assert layer["units"] == TRAIN  # every question of the epoch, once (sequence granularity)
+            assert layer["units"] == metrics["train_rows"]  # every question trained on, once (sequence granularity)
             assert sum(layer["share"].values()) == pytest.approx(1.0) and set(layer["share"]) == {"task", "domain"}
     assert [v["layer"] for v in routing["validation"]] == [0, 1]
     questions = moe.read_question_routing(ctx.run_dir)  # each question's gates per layer, as the shares count them
