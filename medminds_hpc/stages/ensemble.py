@@ -3,8 +3,8 @@
 A head (`modeling/ensemble_heads.py`: weighted, transformer, late-fusion; each expert's output reduced by a learned
 32,000 -> 4 projection, as in the paper, or read at the letters " A".." D") learns on MedMCQA train from the
 `features` run's cached states and the base's frozen LM head, through the shared training engine (checkpoints,
-resume, each epoch judged as `selection` says), and is scored on MedMCQA validation. The base is never loaded: an epoch costs a
-few matrix products, not two passes of a 7B model.
+resume, each epoch judged as `selection` says: dev rows come out of the cached train split), and is scored on
+MedMCQA validation. The base is never loaded: an epoch costs a few matrix products, not two passes of a 7B model.
 
     medminds submit ensemble-late-fusion --dataset micro                  # features, then the head
     medminds submit ensemble-weighted --dataset micro -o reduce=letters   # start from the next-word prior

@@ -31,7 +31,7 @@ class TrainOptions:
     checkpoint_every_minutes: float = field(default=20.0, metadata=doc("... or every M minutes, whichever comes first"))
     keep_checkpoints: int = field(default=2, metadata=doc("checkpoints kept on disk (newest first)"))
     eval_batch_size: int = field(default=32, metadata=doc("batch size for evaluation"))
-    max_train_rows: int = field(default=0, metadata=doc("use at most this many training rows (0: all)"))
+    max_train_rows: int = field(default=0, metadata=doc("train on at most this many training rows (0: all; the dev split comes out first)"))
     report_to: Literal["none", "tensorboard", "wandb"] = field(default="none", metadata=doc("also log to TensorBoard or W&B"))
     selection: Literal["dev", "validation"] = field(default="dev", metadata=doc(
         "what judges each epoch (and so the best one): dev, a seeded development split carved from the training "
