@@ -68,8 +68,10 @@ class Group:
 
     @property
     def on_validation(self) -> bool:
-        """Its best epoch was chosen on the validation set it is scored on (the paper's protocol, optimistic)."""
-        return any((m.run.data.get("params") or {}).get("selection") == "validation" for m in self.members)
+        """Its best epoch was chosen on the validation set it is scored on (the paper's protocol, optimistic); a run
+        from before `selection` existed did so when it kept its best epoch."""
+        params = [m.run.data.get("params") or {} for m in self.members]
+        return any(p.get("selection", "validation" if p.get("keep") == "best" else None) == "validation" for p in params)
 
     def by_seed(self) -> dict[Any, Finished]:
         """The newest run of each seed."""

@@ -33,7 +33,7 @@ def builtin_tokenizer(monkeypatch):
 def fast(**overrides) -> ClassifierConfig:
     """Test-sized training: the paper's LoRA shape, a learning rate a 64-wide model learns with in a few epochs."""
     options = dict(learning_rate=1e-2, batch_size=16, epochs=3.0, warmup_steps=2, max_train_rows=512, eval_rows=200,
-                   eval_batch_size=64, seed=7)
+                   dev_rows=64, eval_batch_size=64, seed=7)
     options.update(overrides)
     return ClassifierConfig(**options)
 
@@ -56,7 +56,8 @@ def test_learns_the_synthetic_rule_and_saves_head_and_lora():
     assert results.problems(metrics) == [] and metrics["n"] == 200
     assert metrics["steps"] == 64 and metrics["train_seconds"] > 0 and metrics["eval_seconds"] > 0
     assert [round(e["epoch"]) for e in metrics["epochs"]] == [1, 2]
-    assert metrics["epochs"][-1]["accuracy"] == metrics["accuracy"]  # the final model, evaluated again at the end
+    assert metrics["selection"] == "dev" and [e["split"] for e in metrics["epochs"]] == ["dev", "dev"]
+    assert metrics["epochs"][-1]["accuracy"] >= 0.7  # the same model on 64 held-out training rows
     saved = ctx.run.artifacts_dir / "classifier"
     assert {HEAD_FILE, INFO_FILE, "lora"} <= {p.name for p in saved.iterdir()}
     assert (saved / "lora" / "adapter_config.json").exists()
@@ -158,7 +159,8 @@ def test_checkpoints_hold_lora_and_head_only_and_best_can_be_kept():
 
     prepare_synthetic()
     ctx = stage_ctx("baseline-classifier-mistral-micro-00000002", checkpoint_every_steps=2)
-    run_classifier(ctx, fast(max_train_rows=64, epochs=2.0, eval_rows=32, checkpoint_every_steps=2, keep="best"))
+    run_classifier(ctx, fast(max_train_rows=64, epochs=2.0, eval_rows=32, checkpoint_every_steps=2, keep="best",
+                             selection="validation"))
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert metrics["kept"] == f"best (epoch {metrics['best']['epoch']})"
     assert metrics["accuracy"] == metrics["best"]["accuracy"] == max(e["accuracy"] for e in metrics["epochs"])

@@ -212,10 +212,25 @@ def test_experts_on_different_bases_stop_the_features_stage_before_anything_is_w
     assert not artifacts.path(ctx.run, artifacts.FEATURES).exists()
 
 
-def test_keep_best_reports_and_saves_the_best_validated_epoch(home):
+def test_keep_best_with_selection_validation_reports_the_best_validated_epoch(home):
     ctx = ensemble_ctx("ensemble-weighted-micro-00000050")
-    ensemble.run(ctx, config(method="weighted", epochs=3.0, keep="best"))
+    ensemble.run(ctx, config(method="weighted", epochs=3.0, keep="best", selection="validation"))
     metrics = results.read(ctx.run_dir)
     best = max(metrics["epochs"], key=lambda e: e["accuracy"])
     assert metrics["kept"] == f"best (epoch {metrics['best']['epoch']})" and metrics["best"]["accuracy"] == best["accuracy"]
     assert metrics["accuracy"] == pytest.approx(best["accuracy"])  # the scored weights are the best epoch's
+    assert metrics["selection"] == "validation" and metrics["train_rows"] == TRAIN
+
+
+def test_keep_best_with_selection_dev_keeps_the_epoch_best_on_rows_carved_from_the_cached_train_split(home):
+    ctx = ensemble_ctx("ensemble-weighted-micro-00000051")
+    ensemble.run(ctx, config(method="weighted", epochs=3.0, keep="best"))
+    metrics = results.read(ctx.run_dir)
+    best = max(metrics["epochs"], key=lambda e: e["accuracy"])
+    assert metrics["selection"] == "dev" and {e["split"] for e in metrics["epochs"]} == {"dev"}
+    assert (metrics["dev_rows"], metrics["train_rows"], metrics["n"]) == (10, TRAIN - 10, VALIDATION)  # a tenth, rounded
+    assert metrics["best"]["epoch"] == best["epoch"] and metrics["kept"] == f"best (epoch {best['epoch']})"
+    chosen = load_file(str(artifacts.path(ctx.run, artifacts.BEST) / "trainable.safetensors"))
+    kept = head_of(ctx.run.id)
+    assert kept and all(torch.equal(kept[name], chosen[f"head.{name}"]) for name in kept)  # scored with the chosen weights
+    assert not [r for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if r.get("event") == "feature cache rebuilt"]

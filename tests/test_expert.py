@@ -88,6 +88,9 @@ def test_task_expert_learns_and_its_adapter_reloads(micro_data):
     # held-out ARC-style questions, next-word letter accuracy; chance is 0.25
     assert metrics["task_accuracy"] >= 0.6, metrics["epochs"]
     assert [round(e["epoch"]) for e in metrics["epochs"]] == [1, 2]
+    # selection=dev: epochs judged on the held-out training rows; MedMCQA validation scored once, at the end
+    assert metrics["selection"] == "dev" and metrics["dev_rows"] == metrics["holdout_rows"] == 100
+    assert all(e["split"] == "dev" and e["accuracy"] == e["task_accuracy"] for e in metrics["epochs"])
     assert {"accuracy", "accuracy_ci95", "n", "confusion_matrix", "per_subject", "train_seconds", "eval_seconds"} <= set(metrics)
     assert result["steps"] == metrics["steps"]
     assert metrics["sft_examples"] == {"rows": 480, "kept": 480, "dropped_prompt_too_long": 0, "answer_cut": 0, "max_length": 256}

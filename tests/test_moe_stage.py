@@ -70,13 +70,14 @@ def test_a_run_writes_the_metrics_contract_routing_statistics_and_routers_that_m
     metrics = results.read(ctx.run_dir)
     assert results.problems(metrics) == [] and metrics["n"] == VALIDATION == out["n"] and out["steps"] == 8
     assert metrics["method"] == "moe-linear" and metrics["mix"] == "outputs" and metrics["hard"] is True
-    assert [e["epoch"] for e in metrics["epochs"]] == [1.0, 2.0]  # validated every epoch
+    assert [(e["epoch"], e["split"]) for e in metrics["epochs"]] == [(1.0, "dev"), (2.0, "dev")]  # judged every epoch
+    assert metrics["selection"] == "dev" and metrics["train_rows"] + metrics["dev_rows"] == TRAIN
     routing = metrics["routing"]
     assert [e["epoch"] for e in routing["epochs"]] == [1.0, 2.0]
     for epoch in routing["epochs"]:
         assert [layer["layer"] for layer in epoch["layers"]] == [0, 1]
         for layer in epoch["layers"]:
-            assert layer["units"] == TRAIN  # every question of the epoch, once (sequence granularity)
+            assert layer["units"] == metrics["train_rows"]  # every question trained on, once (sequence granularity)
             assert sum(layer["share"].values()) == pytest.approx(1.0) and set(layer["share"]) == {"task", "domain"}
     assert [v["layer"] for v in routing["validation"]] == [0, 1]
     questions = moe.read_question_routing(ctx.run_dir)  # each question's gates per layer, as the shares count them

@@ -133,3 +133,11 @@ def carve(keys: Sequence[str], n_train: int | None, n_validation: int | None, me
 def counts(keys: Sequence[str]) -> dict[str, int]:
     """Rows per key, most frequent first (for the data card)."""
     return dict(sorted(Counter(keys).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def carve_dev(keys: Sequence[str], n: int, seed: int) -> tuple[list[int], list[int]]:
+    """(rest, dev): `n` row indices held out of a training split for choosing the best epoch, sampled in
+    proportion to `keys` (the answer letter), seeded; both ascending, disjoint, together every row."""
+    dev = select(keys, n, "stratified", seed) if n > 0 else []
+    taken = set(dev)
+    return [i for i in range(len(keys)) if i not in taken], dev

@@ -52,8 +52,7 @@ class ClassifierConfig(TrainOptions):
     batch_size: int = 32
     eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
-        "weights reported and saved: after the last epoch, or the epoch with the best validation accuracy "
-        "(chosen on the validation split itself, so optimistic)"))
+        "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
 
 
 # shared by both stages -------------------------------------------------------------------------------------------
@@ -214,18 +213,21 @@ def prompt_collator(tokenizer: Any, max_length: int) -> Callable[[list[dict[str,
 
 
 def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]:
-    """Train head + LoRA on MedMCQA train (validated every epoch), then score validation and save the classifier."""
+    """Train head + LoRA on MedMCQA train (each epoch judged as `selection` says), then score validation once and
+    save the classifier."""
     import datasets
 
     from medminds_hpc.data.prompts import mcq_prompt
     from medminds_hpc.modeling.heads import load_classifier_state, save_classifier
     from medminds_hpc.modeling.scoring import head_logits
-    from medminds_hpc.training import engine, metrics
+    from medminds_hpc.training import engine, metrics, selection
 
-    train_rows = load_rows(ctx, "medmcqa_train", cfg.max_train_rows)
+    all_train = load_rows(ctx, "medmcqa_train")
     val_rows = load_rows(ctx, "medmcqa_validation", cfg.eval_rows)
-    if not train_rows:
+    if not all_train:
         raise UserError(f"no MedMCQA training rows for dataset {ctx.dataset!r}; rerun `medminds prepare --dataset {ctx.dataset}`")
+    split = selection.split(cfg, [r["answer"] for r in all_train], cfg.max_train_rows)
+    train_rows, judged_rows = selection.pick(all_train, split.train), split.judged(all_train, val_rows)
     expert = expert_adapter(ctx, cfg.adapter)
     classifier, tokenizer = build_classifier(model_name(ctx), cfg, expert)
     stacked = len(getattr(classifier.lm, "peft_config", {})) > 1  # the expert kept as an adapter (4-bit base)
@@ -234,12 +236,13 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
             "head_init": cfg.head_init, "prompt": cfg.prompt, "max_length": cfg.max_length,
             "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}}
 
-    def score(model: Any, progress: Callable[[int, int], None] | None = None) -> Any:
-        return head_logits(model, tokenizer, val_rows, cfg.prompt, batch_size=cfg.eval_batch_size,
+    def score(model: Any, rows: list[dict[str, Any]], progress: Callable[[int, int], None] | None = None) -> Any:
+        return head_logits(model, tokenizer, rows, cfg.prompt, batch_size=cfg.eval_batch_size,
                            max_length=cfg.max_length, progress=progress)
 
     def evaluate(model: Any) -> dict[str, Any]:
-        return metrics.evaluate_predictions([r["id"] for r in val_rows], [r["answer"] for r in val_rows], score(model))
+        return metrics.evaluate_predictions([r["id"] for r in judged_rows], [r["answer"] for r in judged_rows],
+                                            score(model, judged_rows))
 
     train_data = datasets.Dataset.from_dict({"prompt": [mcq_prompt(r, cfg.prompt) for r in train_rows],
                                              "label": [int(r["answer"]) for r in train_rows]})
@@ -256,12 +259,12 @@ def run_classifier(ctx: "StageContext", cfg: ClassifierConfig) -> dict[str, Any]
     if ctx.is_rank_zero:
         fileio.replace_dir(artifacts.path(ctx.run, artifacts.CLASSIFIER), lambda tmp: save_classifier(classifier, tmp, {**info, "kept": kept}))
     started = time.time()
-    logits = score(classifier, scoring_progress(ctx, stoppable=True))
+    logits = score(classifier, val_rows, scoring_progress(ctx, stoppable=True))
     eval_seconds = time.time() - started
     extra = {"method": "classifier", "model": ctx.model, "adapter": cfg.adapter, "head_init": cfg.head_init,
              "prompt": cfg.prompt, "kept": kept, "steps": outcome.steps, "train_rows": len(train_rows),
              "trainable_parameters": sum(p.numel() for p in classifier.parameters() if p.requires_grad),
-             "epochs": outcome.history, "best": outcome.best,
+             "epochs": outcome.history, "best": outcome.best, **split.record(),
              "classifier": str(artifacts.path(ctx.run, artifacts.CLASSIFIER))}
     result = write_results(ctx, val_rows, logits, "logit", train_seconds=outcome.train_seconds,
                            eval_seconds=eval_seconds, extra=extra)

@@ -3,8 +3,8 @@
 A head (`modeling/ensemble_heads.py`: weighted, transformer, late-fusion; each expert's output reduced by a learned
 32,000 -> 4 projection, as in the paper, or read at the letters " A".." D") learns on MedMCQA train from the
 `features` run's cached states and the base's frozen LM head, through the shared training engine (checkpoints,
-resume, per-epoch validation), and is scored on MedMCQA validation. The base is never loaded: an epoch costs a
-few matrix products, not two passes of a 7B model.
+resume, each epoch judged as `selection` says: dev rows come out of the cached train split), and is scored on
+MedMCQA validation. The base is never loaded: an epoch costs a few matrix products, not two passes of a 7B model.
 
     medminds submit ensemble-late-fusion --dataset micro                  # features, then the head
     medminds submit ensemble-weighted --dataset micro -o reduce=letters   # start from the next-word prior
@@ -58,8 +58,7 @@ class Config(TrainOptions):
         "prompt tokens kept (left-truncated) when the experts are recomputed; the cache keeps its features run's"))
     eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
-        "weights reported and saved: after the last epoch, or the epoch with the best validation accuracy "
-        "(chosen on the validation split itself, so optimistic)"))
+        "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -109,16 +108,16 @@ def cached_states(ctx: "StageContext", cfg: Config, expert_runs: Mapping[str, "R
 
 
 class StatesDataset:
-    """Rows of cached states and labels, as the Trainer reads them."""
+    """Rows `rows` of cached states, with their labels, as the Trainer reads them (the cache is not copied)."""
 
-    def __init__(self, task: "np.ndarray", domain: "np.ndarray", labels: Sequence[int]) -> None:
-        self.task, self.domain, self.labels = task, domain, list(labels)
+    def __init__(self, task: "np.ndarray", domain: "np.ndarray", labels: Sequence[int], rows: Sequence[int]) -> None:
+        self.task, self.domain, self.labels, self.rows = task, domain, list(labels), list(rows)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"task_states": self.task[i], "domain_states": self.domain[i], "labels": self.labels[i]}
+        return {"task_states": self.task[self.rows[i]], "domain_states": self.domain[self.rows[i]], "labels": self.labels[i]}
 
 
 def states_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,18 +151,21 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     from medminds_hpc.modeling.ensemble_heads import CachedEnsemble, LiveEnsemble, build_head
     from medminds_hpc.stages import features as features_stage
     from medminds_hpc.stages.baseline import load_rows, scoring_progress, write_results
-    from medminds_hpc.training import engine, metrics
+    from medminds_hpc.training import engine, metrics, selection
 
     expert_runs = features_stage.expert_runs_of(ctx)
     train_rows = load_rows(ctx, "medmcqa_train")
     val_rows = load_rows(ctx, "medmcqa_validation")
     if not train_rows:
         raise UserError(f"no MedMCQA training rows for dataset {ctx.dataset!r}; rerun `medminds prepare --dataset {ctx.dataset}`")
-    train_n = min(len(train_rows), cfg.max_train_rows) if cfg.max_train_rows else len(train_rows)
+    split = selection.split(cfg, [r["answer"] for r in train_rows], cfg.max_train_rows)
     val_n = min(len(val_rows), cfg.eval_rows) if cfg.eval_rows else len(val_rows)
     options = dataclasses.replace(cfg, precision=cfg.precision if cfg.amp else "fp32",
                                   gradient_checkpointing=False if cfg.cached else cfg.gradient_checkpointing)
-    labels = [int(r["answer"]) for r in train_rows[:train_n]]
+    labels = [int(r["answer"]) for r in selection.pick(train_rows, split.train)]
+    # which rows judge each epoch, as (split, indices): dev rows come out of the training split (and its cache)
+    judged = ("medmcqa_train", split.dev) if split.on_dev else ("medmcqa_validation", list(range(val_n)))
+    scored = {"medmcqa_train": train_rows, "medmcqa_validation": val_rows}
     info: dict[str, Any] = {"method": cfg.method, "reduce": cfg.reduce, "freeze_experts": cfg.freeze_experts,
                             "cache": cfg.cached, "model": ctx.model,
                             "experts": {name: run.id for name, run in expert_runs.items()}}
@@ -173,19 +175,19 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
                                                                          "medmcqa_validation": val_rows})
         source, fcfg = feature_source(ctx, cfg)
         info.update(features_run=source.id, prompt=fcfg.prompt, max_length=fcfg.max_length)
-        train_feats, val_feats = loaded["medmcqa_train"], loaded["medmcqa_validation"]
+        cached = loaded["medmcqa_train"].states
         model = CachedEnsemble(build_head(cfg.method, cfg.reduce, lm_head, letters, seed=cfg.seed))
-        train_data: Any = StatesDataset(train_feats.states["task"][:train_n], train_feats.states["domain"][:train_n], labels)
+        train_data: Any = StatesDataset(cached["task"], cached["domain"], labels, split.train)
         collator: Callable = states_collator
-        val_task = torch.from_numpy(val_feats.states["task"][:val_n])
-        val_domain = torch.from_numpy(val_feats.states["domain"][:val_n])
 
-        def score(m: Any, progress: Callable[[int, int], None] | None = None) -> "np.ndarray":
+        def score(m: Any, which: tuple[str, list[int]], progress: Callable[[int, int], None] | None = None) -> "np.ndarray":
+            states = loaded[which[0]].states
+            task, domain, n = torch.from_numpy(states["task"][which[1]]), torch.from_numpy(states["domain"][which[1]]), len(which[1])
             device = next(m.head.parameters()).device
-            out = [m.head(val_task[i:i + cfg.eval_batch_size].to(device), val_domain[i:i + cfg.eval_batch_size].to(device)).float().cpu()
-                   for i in range(0, val_n, cfg.eval_batch_size)]
+            out = [m.head(task[i:i + cfg.eval_batch_size].to(device), domain[i:i + cfg.eval_batch_size].to(device)).float().cpu()
+                   for i in range(0, n, cfg.eval_batch_size)]
             if progress is not None:
-                progress(val_n, val_n)
+                progress(n, n)
             return torch.cat(out).numpy() if out else np.zeros((0, 4), dtype=np.float32)
     else:
         import datasets
@@ -198,27 +200,26 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
         head = build_head(cfg.method, cfg.reduce, lm_head_layer(lm).weight.detach().float(), letter_token_ids(tokenizer), seed=cfg.seed)
         model = LiveEnsemble(lm, head, train_experts=not cfg.freeze_experts)
         info.update(prompt=cfg.prompt, max_length=cfg.max_length)
-        train_data = datasets.Dataset.from_dict({"prompt": [mcq_prompt(r, cfg.prompt) for r in train_rows[:train_n]],
+        train_data = datasets.Dataset.from_dict({"prompt": [mcq_prompt(r, cfg.prompt) for r in selection.pick(train_rows, split.train)],
                                                  "label": labels})
         collator = prompt_collator(tokenizer, cfg.max_length)
-        val_prompts = [mcq_prompt(r, cfg.prompt) for r in val_rows[:val_n]]
 
-        def score(m: Any, progress: Callable[[int, int], None] | None = None) -> "np.ndarray":
-            out = []
+        def score(m: Any, which: tuple[str, list[int]], progress: Callable[[int, int], None] | None = None) -> "np.ndarray":
+            prompts, n, out = [mcq_prompt(r, cfg.prompt) for r in selection.pick(scored[which[0]], which[1])], len(which[1]), []
             with torch.no_grad():
-                for i in range(0, val_n, cfg.eval_batch_size):
-                    batch = encode_prompts(tokenizer, val_prompts[i:i + cfg.eval_batch_size], max_length=cfg.max_length,
+                for i in range(0, n, cfg.eval_batch_size):
+                    batch = encode_prompts(tokenizer, prompts[i:i + cfg.eval_batch_size], max_length=cfg.max_length,
                                            padding_side="right")
                     task, domain = m.expert_states(batch["input_ids"], batch["attention_mask"])
                     out.append(m.head(task, domain).float().cpu())
                     if progress is not None:
-                        progress(min(i + cfg.eval_batch_size, val_n), val_n)
+                        progress(min(i + cfg.eval_batch_size, n), n)
             return torch.cat(out).numpy() if out else np.zeros((0, 4), dtype=np.float32)
 
-    val_ids, val_gold = [r["id"] for r in val_rows[:val_n]], [r["answer"] for r in val_rows[:val_n]]
+    judged_rows = selection.pick(scored[judged[0]], judged[1])
 
     def evaluate(m: Any) -> dict[str, Any]:
-        return metrics.evaluate_predictions(val_ids, val_gold, score(m))
+        return metrics.evaluate_predictions([r["id"] for r in judged_rows], [r["answer"] for r in judged_rows], score(m, judged))
 
     plan = engine.TrainPlan(model=model, train_dataset=train_data, options=options, collator=collator,
                             evaluate=evaluate, save_best=engine.save_trainable)
@@ -232,10 +233,10 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
         fileio.replace_dir(artifacts.path(ctx.run, artifacts.ENSEMBLE), lambda tmp: save_ensemble(model, tmp, info))
     started = time.time()
     with torch.no_grad():
-        logits = score(model, scoring_progress(ctx, stoppable=False))
+        logits = score(model, ("medmcqa_validation", list(range(val_n))), scoring_progress(ctx, stoppable=False))
     eval_seconds = time.time() - started
     extra = {**{k: v for k, v in info.items() if k != "experts"}, "method": f"ensemble-{cfg.method}",
-             "experts": info["experts"], "steps": outcome.steps, "train_rows": train_n,
+             "experts": info["experts"], "steps": outcome.steps, "train_rows": len(split.train), **split.record(),
              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
              "epochs": outcome.history, "best": outcome.best, "ensemble": str(artifacts.path(ctx.run, artifacts.ENSEMBLE))}
     result = write_results(ctx, val_rows[:val_n], logits, "logit", train_seconds=outcome.train_seconds,

@@ -1,11 +1,13 @@
 """LoRA SFT of one expert on the shared base: the task expert (ARC) or the domain expert (medical instruct).
 
 The loss is on the answer tokens only (a letter for ARC, the answer text for instruct): loss on the prompt too is
-a known way to teach a model to always say "A". Each epoch is validated by next-word letter accuracy on MedMCQA
-validation; the adapter is saved as `artifacts/adapter` (safetensors, `PeftModel.from_pretrained`-loadable),
+a known way to teach a model to always say "A". Each epoch is judged on a seeded sample of `holdout_rows` training
+rows, never trained on (selection=dev: the expert's development split), or by next-word letter accuracy on MedMCQA
+validation (selection=validation, the paper's protocol); MedMCQA validation is scored at the end either way. The
+adapter is saved as `artifacts/adapter` (safetensors, `PeftModel.from_pretrained`-loadable),
 which later stages find as `artifacts.path(run, artifacts.ADAPTER)`. An over-long example keeps its whole prompt
 and loses the end of its answer; a row whose prompt alone does not fit max_length is dropped; metrics.json counts
-both (`sft_examples`). A seeded sample of `holdout_rows` training rows measures the expert on its own task.
+both (`sft_examples`). The held-out rows also measure the expert on its own task (`task_accuracy`).
 """
 
 from __future__ import annotations
@@ -122,8 +124,13 @@ def own_task_accuracy(model: Any, tokenizer: Any, holdout: list[dict[str, Any]],
 
 
 def epoch_metrics(model: Any, tokenizer: Any, val_rows: list[dict[str, Any]], holdout: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """What judges an epoch ("accuracy"): own-task accuracy on the held-out training rows (selection=dev), or
+    MedMCQA validation accuracy (selection=validation, with the own-task figure beside it)."""
+    task_accuracy = own_task_accuracy(model, tokenizer, holdout, cfg)
+    if cfg.selection == "dev":
+        return {"accuracy": task_accuracy, "task_accuracy": task_accuracy}
     result, _ = validate(model, tokenizer, val_rows, cfg)
-    return {"accuracy": result["accuracy"], "task_accuracy": own_task_accuracy(model, tokenizer, holdout, cfg)}
+    return {"accuracy": result["accuracy"], "task_accuracy": task_accuracy}
 
 
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
@@ -175,7 +182,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
                               choice_types=[r["choice_type"] for r in val_rows])
     result.update(steps=outcome.steps, train_rows=len(train_rows), best=outcome.best, epochs=outcome.history,
                   task_accuracy=own_task_accuracy(model, tokenizer, holdout, cfg), holdout_rows=len(holdout),
-                  sft_examples=sft_counts, adapter=str(adapter_dir))
+                  sft_examples=sft_counts, adapter=str(adapter_dir), selection=cfg.selection,
+                  dev_rows=len(holdout) if cfg.selection == "dev" else 0)
     ctx.write_metrics(result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
     fileio.atomic_write_json(artifacts.path(ctx.run, artifacts.EXPERT_INFO), {"data": cfg.data, "model": ctx.model, "adapter": artifacts.ADAPTER})
     return {"accuracy": result["accuracy"], "steps": outcome.steps}

@@ -70,8 +70,7 @@ class Config(TrainOptions):
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template"))
     eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
-        "weights reported and saved: after the last epoch, or the epoch with the best validation accuracy "
-        "(chosen on the validation split itself, so optimistic)"))
+        "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
     adam_eps: float = field(default=1e-8, metadata=doc("Adam epsilon"))
     max_length: int = 128
     epochs: float = 10.0
@@ -81,7 +80,7 @@ class Config(TrainOptions):
                        capacity_factor=self.capacity_factor, noise=self.router_noise, router_hidden=self.router_hidden)
 
     def __post_init__(self) -> None:
-        problems = self.spec().problems()
+        problems = self.spec().problems() + self.option_problems()
         if not self.load_balance_coef >= 0:
             problems.append(f"load_balance_coef: expected 0 (off) or more, got {self.load_balance_coef}")
         if not self.adam_eps > 0:
@@ -219,13 +218,15 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     from medminds_hpc.modeling.scoring import head_logits, score_prompts
     from medminds_hpc.stages import features as features_stage
     from medminds_hpc.stages.baseline import load_rows, prompt_collator, scoring_progress, write_results
-    from medminds_hpc.training import engine, metrics
+    from medminds_hpc.training import engine, metrics, selection
 
     expert_runs = features_stage.expert_runs_of(ctx)
-    train_rows = load_rows(ctx, "medmcqa_train", cfg.max_train_rows)
+    all_train = load_rows(ctx, "medmcqa_train")
     val_rows = load_rows(ctx, "medmcqa_validation", cfg.eval_rows)
-    if not train_rows:
+    if not all_train:
         raise UserError(f"no MedMCQA training rows for dataset {ctx.dataset!r}; rerun `medminds prepare --dataset {ctx.dataset}`")
+    split = selection.split(cfg, [r["answer"] for r in all_train], cfg.max_train_rows)
+    train_rows, judged_rows = selection.pick(all_train, split.train), split.judged(all_train, val_rows)
     lm, tokenizer = load_experts(expert_runs)
     model = build_model(lm, tokenizer, cfg)
     mixture = model.mixture
@@ -235,8 +236,8 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
                             "experts": {name: run.id for name, run in expert_runs.items()}}
 
     def evaluate(m: Any) -> dict[str, Any]:
-        logits = head_logits(m, tokenizer, val_rows, cfg.prompt, batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
-        return metrics.evaluate_predictions([r["id"] for r in val_rows], [r["answer"] for r in val_rows], logits)
+        logits = head_logits(m, tokenizer, judged_rows, cfg.prompt, batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
+        return metrics.evaluate_predictions([r["id"] for r in judged_rows], [r["answer"] for r in judged_rows], logits)
 
     train_data = datasets.Dataset.from_dict({"prompt": [mcq_prompt(r, cfg.prompt) for r in train_rows],
                                              "label": [int(r["answer"]) for r in train_rows]})
@@ -271,7 +272,7 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     if ctx.is_rank_zero:
         write_question_routing(ctx.run_dir, [r["id"] for r in val_rows], np.asarray(gates), mixture.names)
     extra = {"method": f"moe-{cfg.router}", **{k: v for k, v in info.items() if k != "model"}, "steps": outcome.steps,
-             "train_rows": len(train_rows), "epochs": outcome.history, "best": outcome.best,
+             "train_rows": len(train_rows), "epochs": outcome.history, "best": outcome.best, **split.record(),
              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
              "routing": routing, "router": str(artifacts.path(ctx.run, artifacts.ROUTER))}
     result = write_results(ctx, val_rows, np.asarray(logits), "logit", train_seconds=outcome.train_seconds,

@@ -6,7 +6,8 @@ What it adds to the Trainer:
   the newest *valid* one is resumed from, so a requeued job continues exactly where it saved;
 - the StageJob stop flag (preemption, approaching time-out) saves at the next step boundary and stops;
 - saves every N steps or M minutes, whichever comes first;
-- per-epoch validation through the stage's own evaluate function, keeping the best trainable weights;
+- per-epoch judging through the stage's own evaluate function (on the dev split or on validation, as
+  `options.selection` says: see selection.py), keeping the best trainable weights;
 - step metrics in metrics.jsonl and progress in run.json.
 """
 
@@ -36,7 +37,7 @@ class TrainPlan:
     train_dataset: Any
     options: TrainOptions
     collator: Callable | None = None
-    evaluate: Callable[[Any], dict[str, Any]] | None = None  # per-epoch validation; returns at least "accuracy"
+    evaluate: Callable[[Any], dict[str, Any]] | None = None  # judges an epoch (rows: selection.Split.judged); returns at least "accuracy"
     save_best: Callable[[Any, Path], None] | None = None  # writes the trainable weights worth keeping into a dir
     trainer_class: Any = None  # default: transformers.Trainer; experts pass trl's SFTTrainer
     args_class: Any = None  # default: transformers.TrainingArguments; SFTTrainer takes trl's SFTConfig
@@ -65,7 +66,7 @@ def save_trainable(model: Any, directory: Path) -> None:
 
 
 def keep_weights(ctx: StageContext, model: Any, outcome: "TrainOutcome", keep: str) -> str:
-    """Put the best validated weights (saved by `save_trainable`) back into `model` when `keep` is "best";
+    """Put the best judged weights (saved by `save_trainable`) back into `model` when `keep` is "best";
     returns which weights the model now holds, as reports name them."""
     if keep != "best" or outcome.best is None:
         return "last"
@@ -212,7 +213,8 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
             with torch.no_grad():
                 metrics = plan.evaluate(model)
             model.train(was_training)
-            record = {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            record = {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, "split": plan.options.selection,
+                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             ctx.log({"eval": True, **record})
             ctx.record_headline(record, record["epoch"])
             acc = metrics.get("accuracy")
@@ -292,7 +294,7 @@ def _add_train_seconds(ctx: StageContext, seconds: float) -> float:
 
 
 def eval_history(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch validation records across every attempt (an epoch replayed after a hard kill counts once)."""
+    """Per-epoch judging records (dev or validation: their "split") across every attempt (an epoch replayed after a hard kill counts once)."""
     by_epoch: dict[float, dict[str, Any]] = {}
     for record in fileio.read_jsonl(run_dir / "metrics.jsonl"):
         if record.get("eval"):

@@ -31,5 +31,21 @@ class TrainOptions:
     checkpoint_every_minutes: float = field(default=20.0, metadata=doc("... or every M minutes, whichever comes first"))
     keep_checkpoints: int = field(default=2, metadata=doc("checkpoints kept on disk (newest first)"))
     eval_batch_size: int = field(default=32, metadata=doc("batch size for evaluation"))
-    max_train_rows: int = field(default=0, metadata=doc("use at most this many training rows (0: all)"))
+    max_train_rows: int = field(default=0, metadata=doc("train on at most this many training rows (0: all; the dev split comes out first)"))
     report_to: Literal["none", "tensorboard", "wandb"] = field(default="none", metadata=doc("also log to TensorBoard or W&B"))
+    selection: Literal["dev", "validation"] = field(default="dev", metadata=doc(
+        "what judges each epoch (and so the best one): dev, a seeded development split carved from the training "
+        "rows, with the MedMCQA validation set scored once at the end; validation, the validation set itself every "
+        "epoch (the paper's protocol: its best epoch is optimistic, and `medminds report` marks such rows)"))
+    dev_rows: int = field(default=0, metadata=doc(
+        "selection=dev: training rows held out as the development split, by answer letter (0: 10%, at most 2,000; "
+        "an expert judges epochs on its holdout_rows instead)"))
+
+    def option_problems(self) -> list[str]:
+        """What is wrong with the shared training fields (a stage's own __post_init__ adds these to its own)."""
+        return [f"dev_rows: expected 0 (automatic) or more, got {self.dev_rows}"] if self.dev_rows < 0 else []
+
+    def __post_init__(self) -> None:
+        problems = self.option_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
