@@ -213,8 +213,9 @@ def confusion(matrix: Sequence[Sequence[int]], title: str) -> bytes:
 
 
 def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], title: str) -> bytes:
-    """Loss (training steps, validation epochs when recorded) and accuracy per epoch, against the epoch; a panel
-    only for what was recorded."""
+    """Loss (training steps, judged epochs when recorded) and accuracy per epoch, against the epoch; a panel
+    only for what was recorded. Epochs are labelled by the split that judged them (dev or validation)."""
+    judged = "dev" if any(e.get("split") == "dev" for e in epochs) else "validation"
     train = [(s["epoch"], s["loss"]) for s in steps if _num(s.get("epoch")) and _num(s.get("loss"))]
     validation_loss = next(([(e["epoch"], e[key]) for e in epochs if _num(e.get("epoch")) and _num(e.get(key))]
                             for key in ("eval_loss", "val_loss", "loss")
@@ -223,9 +224,9 @@ def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], ti
                   for key in ("train_accuracy", "accuracy")]
     series = {"loss": [s for s in (train, validation_loss)], "accuracy (%)": accuracies}
     panels = tuple(p for p, wanted in series.items() if any(wanted))
-    shape = ("curves", panels, tuple(bool(points) for p in panels for points in series[p]))
+    shape = ("curves", judged, panels, tuple(bool(points) for p in panels for points in series[p]))
     if shape not in _TEMPLATES:
-        _TEMPLATES[shape] = _curves_template(panels, [[bool(points) for points in series[p]] for p in panels])
+        _TEMPLATES[shape] = _curves_template(panels, [[bool(points) for points in series[p]] for p in panels], judged)
     fig, axes, lines = _TEMPLATES[shape]
     for ax, p, panel_lines in zip(axes, panels, lines):
         for line, points in zip(panel_lines, (points for points in series[p] if points)):
@@ -236,11 +237,11 @@ def curves(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], ti
     return _png(fig)
 
 
-def _curves_template(panels: tuple[str, ...], present: list[list[bool]]) -> tuple[Any, list[Any], list[list[Any]]]:
+def _curves_template(panels: tuple[str, ...], present: list[list[bool]], judged: str) -> tuple[Any, list[Any], list[list[Any]]]:
     """The figure `curves` redraws for every run with the same panels and series: creating axes and their ticks
     costs as much as drawing them."""
-    styles = {"loss": (("training", "-", "#1f77b4"), ("validation", "o-", "#d62728")),
-              "accuracy (%)": (("training", "o-", "#1f77b4"), ("validation", "o-", "#d62728"))}
+    styles = {"loss": (("training", "-", "#1f77b4"), (judged, "o-", "#d62728")),
+              "accuracy (%)": (("training", "o-", "#1f77b4"), (judged, "o-", "#d62728"))}
     fig = _figure(0.5 + 3.5 * max(len(panels), 1), 3.0, left=0.7, top=0.45, bottom=0.55, wspace=0.35)
     axes, lines = [], []
     for i, (what, wanted) in enumerate(zip(panels, present)):
