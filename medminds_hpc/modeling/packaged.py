@@ -30,7 +30,11 @@ from medminds_hpc import fileio, paths
 from medminds_hpc.errors import UserError
 
 INFO_FILE = "medminds.json"
+CHECK_FILE = "conversion-check.safetensors"  # the GGUF model's next-token logits on CHECK_PROMPTS
 FORMAT_VERSION = 1
+CHECK_PROMPTS = ("The capital of France is", "Question: Which vitamin deficiency causes scurvy?\nAnswer:",
+                 "Name a bone of the arm.")
+CHECK_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -110,18 +114,53 @@ def load_gguf(path: Path, dtype: Any = None) -> tuple[Any, Any]:
     return model.eval(), tok
 
 
+def check_inputs(tok: Any) -> list[Any]:
+    """Token ids of CHECK_PROMPTS, the last one through the model's own chat template."""
+    texts = list(CHECK_PROMPTS[:-1])
+    texts.append(tok.apply_chat_template([{"role": "user", "content": CHECK_PROMPTS[-1]}], tokenize=False,
+                                         add_generation_prompt=True) if tok.chat_template else CHECK_PROMPTS[-1])
+    return [tok(text, return_tensors="pt")["input_ids"] for text in texts]
+
+
+def next_token_logits(model: Any, inputs: list[Any]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([model(input_ids=ids).logits[0, -1].float() for ids in inputs])
+
+
+def _verify(target: Path, reference: Any) -> float:
+    """Reload the written directory as any user would and compare its logits with the GGUF model's; a conversion
+    that does not reproduce them is refused rather than used."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=reference.dtype).eval()
+    got = next_token_logits(model, check_inputs(AutoTokenizer.from_pretrained(str(target))))
+    diff = float((got - reference).abs().max())
+    if not diff <= CHECK_TOLERANCE:
+        raise UserError(f"converting {target.name}: the saved model's logits differ from the GGUF's by {diff:.2e} "
+                        f"(more than {CHECK_TOLERANCE}); the conversion was not kept")
+    return diff
+
+
 def _convert(gguf: Path, target: Path, name: str, source: GgufWheel) -> None:
-    """Write the HF directory of `gguf` into the empty directory `target`."""
+    """Write the HF directory of `gguf` into the empty directory `target`, checked against the GGUF model."""
+    from safetensors.torch import save_file
+
     model, tok = load_gguf(gguf)
+    reference = next_token_logits(model, check_inputs(tok))
     # the weights are dequantised already: without this the saved config would claim a GGUF quantization
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(target)
     tok.save_pretrained(target)
+    del model
+    save_file({"logits": reference.contiguous()}, str(target / CHECK_FILE))
+    diff = _verify(target, reference)
     fileio.atomic_write_json(target / INFO_FILE, {
         "name": name, "wheel": source.requirement, "gguf": source.gguf_name,
-        "gguf_sha256": fileio.sha256_file(gguf), "format": FORMAT_VERSION,
+        "gguf_sha256": fileio.sha256_file(gguf), "format": FORMAT_VERSION, "check_max_abs_diff": diff,
     })
 
 
