@@ -265,3 +265,34 @@ def test_watch_shows_what_fits_the_terminal_and_how_many_more():
     rows = [status.RunStatus(runs.Run(runs.paths.runs_dir() / f"r{i}", {"run_id": f"r{i}"}), "RUNNING", str(i)) for i in range(5)]
     text = status.render(status.Answer(rows, 5, []), status.Query(), "title", max_rows=2)
     assert table_ids(text) == ["r0", "r1"] and text.endswith("... and 3 more runs; narrow them with --state or --experiment")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_watch_asks_sacct_once_per_refresh_and_exits_0_on_ctrl_c(tmp_path):
+    """A real job on the dev cluster, sacct behind a wrapper that logs each call and runs the real one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sacct", "squeue"):
+        real = subprocess.run(["sh", "-c", f"command -v {name}"], capture_output=True, text=True).stdout.strip()
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "$@" >> {bin_dir}/{name}.calls\nexec {real} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        slurm_run("watched-micro-00000081", runs.RUNNING, [job])
+        started = time.monotonic()
+        proc = subprocess.Popen(cli("status", "--watch"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+        time.sleep(5.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    assert proc.returncode == 0 and "Traceback" not in err and err == "", err
+    frames = [block for block in out.split("\n\n") if "(every 2 s, Ctrl-C to stop)" in block]
+    calls = sacct_calls(bin_dir)
+    assert 2 <= len(frames) <= elapsed / 2 + 1, (len(frames), elapsed)
+    assert len(calls) == len(frames) and all(f"-j {job} " in c for c in calls)
+    assert all(job in f and ("RUNNING" in f or "PENDING" in f) for f in frames)
