@@ -296,3 +296,30 @@ def test_watch_asks_sacct_once_per_refresh_and_exits_0_on_ctrl_c(tmp_path):
     assert 2 <= len(frames) <= elapsed / 2 + 1, (len(frames), elapsed)
     assert len(calls) == len(frames) and all(f"-j {job} " in c for c in calls)
     assert all(job in f and ("RUNNING" in f or "PENDING" in f) for f in frames)
+
+
+@pytest.mark.slow
+def test_status_of_10000_runs(tmp_path):
+    """Half finished local runs, half running Slurm jobs: one table, one sacct call (its time is printed;
+    the target lives in benchmarks/cli_speed.py)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "sacct", "")
+    fake_tool(bin_dir, "squeue", "")
+    root = runs.paths.runs_dir()
+    for i in range(10_000):
+        slurm = i % 2 == 0
+        run_id = f"{'expert-task' if slurm else 'baseline'}-micro-{i:08x}"
+        (root / run_id).mkdir(parents=True)
+        (root / run_id / runs.RUN_FILE).write_text(json.dumps(
+            {"run_id": run_id, "experiment": run_id.rsplit("-", 2)[0], "dataset": "micro", "executor": "slurm" if slurm else "local",
+             "state": runs.RUNNING if slurm else runs.COMPLETED, "job_ids": [str(100000 + i)], "updated_at": "2026-11-01T00:00:00+00:00",
+             "progress": {"0": {"step": i % 250, "total": 250}}}))
+    started = time.perf_counter()
+    proc = run_cli("status", "--json", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    print(f"status --json of 10,000 runs: {time.perf_counter() - started:.2f} s")
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)
+    assert len(listed) == 10_000 and sum(r["state"] == runs.RUNNING for r in listed) == 5_000
+    (call,) = sacct_calls(bin_dir)
+    assert len(call.split("-j ")[1].split()[0].split(",")) == 5_000  # the running runs' jobs only
