@@ -376,8 +376,9 @@ def render(ans: Answer, query: Query, title: str, max_rows: int | None = None) -
 
 
 def watch(frame: Callable[[int | None], str], interval_s: float, out: TextIO) -> None:
-    """Redraw `frame(max_rows)` every `interval_s` until Ctrl-C. On a terminal the cursor goes home and each line
-    is overwritten in place (no blank screen between frames, so no flicker); in a pipe frames follow each other."""
+    """Redraw `frame(max_rows)` every `interval_s` until Ctrl-C. On a terminal the cursor goes home and each line,
+    cut to the width, is overwritten in place (no blank screen between frames, so no flicker, and no scrolling);
+    in a pipe whole frames follow each other."""
     tty = out.isatty()
     if tty:
         out.write("\x1b[H\x1b[2J")
@@ -385,8 +386,9 @@ def watch(frame: Callable[[int | None], str], interval_s: float, out: TextIO) ->
         while True:
             started = time.monotonic()
             if tty:
-                text = frame(shutil.get_terminal_size().lines - 5)
-                out.write("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J")
+                size = shutil.get_terminal_size()
+                lines = [line[: size.columns] for line in frame(size.lines - 6).splitlines()]
+                out.write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\x1b[J")
             else:
                 out.write(frame(None) + "\n\n")
             out.flush()

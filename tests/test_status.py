@@ -241,7 +241,9 @@ class Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("tty", [False, True])
-def test_watch_redraws_each_interval_and_stops_cleanly_on_ctrl_c(tty):
+def test_watch_redraws_each_interval_and_stops_cleanly_on_ctrl_c(tty, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "7")
+    monkeypatch.setenv("LINES", "30")
     frames, asked = [], []
 
     def frame(max_rows):
@@ -255,8 +257,13 @@ def test_watch_redraws_each_interval_and_stops_cleanly_on_ctrl_c(tty):
     status.watch(frame, 0.2, out)
     assert len(frames) == 2 and frames[1] - frames[0] >= 0.19
     text = out.getvalue()
-    if tty:  # cursor home, each line cleared to its end: the old frame is overwritten, never blanked
-        assert text.count("\x1b[H") == 3 and "frame 2\x1b[K\nrow\x1b[K\x1b[J" in text and isinstance(asked[0], int)
+    if tty:  # cursor home, each line cut to the width and cleared to its end: overwritten, never blanked
+        assert text.count("\x1b[H") == 3 and "frame 2\x1b[K\nrow\x1b[K\x1b[J" in text and asked == [24, 24, 24]
+        monkeypatch.setenv("COLUMNS", "5")
+        out = Terminal()
+        asked.clear()
+        status.watch(frame, 0.01, out)
+        assert "\x1b[Hframe\x1b[K\nrow\x1b[K\x1b[J" in out.getvalue()
     else:
         assert text == "frame 1\nrow\n\nframe 2\nrow\n\n\n" and asked == [None, None, None]
 
