@@ -168,11 +168,12 @@ def status(
                 raise UserError("--watch redraws a table for people; --json is for programs: use one of them")
             status_mod.check_interval(watch)
             title = f"runs in {runs.paths.runs_dir()}  (every {watch:g} s, Ctrl-C to stop)"
+            unchanged: dict = {}  # run.json files read at the last refresh
 
             def frame(max_rows: Optional[int]) -> str:
                 import time
 
-                ans = status_mod.answer(query)
+                ans = status_mod.answer(query, unchanged)
                 text = status_mod.render(ans, query, f"{time.strftime('%H:%M:%S')}  {title}", max_rows)
                 return text + (f"\n{ans.problems[0]} (and {len(ans.problems) - 1} more)" if ans.problems else "")
 

@@ -167,14 +167,30 @@ def _dir_names(root: Path) -> list[str]:
         return []
 
 
-def list_runs() -> tuple[list[Run], list[str]]:
-    """Every readable run, and one message per unreadable run directory (a folder without run.json is no run)."""
+def list_runs(reuse: dict[str, tuple[Any, Run]] | None = None) -> tuple[list[Run], list[str]]:
+    """Every readable run, and one message per unreadable run directory (a folder without run.json is no run).
+
+    `reuse`, kept by the caller between calls (`status --watch`), holds the runs read last time: a run whose
+    run.json has not changed since (same inode, size and times; every write replaces the file) is not parsed again.
+    """
     root = paths.runs_dir()
     runs, problems = [], []
     for name in _dir_names(root):
         record = os.path.join(root, name, RUN_FILE)  # a str: building Paths costs more than reading 10,000 runs
         try:
-            runs.append(Run(root / name, _read_record(record)))
+            if reuse is not None:
+                st = os.stat(record)
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                last = reuse.get(name)
+                if last is not None and last[0] == stamp:
+                    runs.append(last[1])
+                    continue
+            run = Run(root / name, _read_record(record))
+            runs.append(run)
+            if reuse is not None:
+                reuse[name] = (stamp, run)
+        except FileNotFoundError:
+            continue
         except UserError as e:
             if os.path.exists(record):
                 problems.append(str(e))

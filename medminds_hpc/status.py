@@ -338,12 +338,13 @@ class Answer:
     problems: list[str]
 
 
-def answer(query: Query) -> Answer:
-    """The statuses `query` asks for: the experiment filter before sacct is asked (fewer job ids), the state one after."""
+def answer(query: Query, reuse: dict[str, Any] | None = None) -> Answer:
+    """The statuses `query` asks for: the experiment filter before sacct is asked (fewer job ids), the state one
+    after. `reuse`: see runs.list_runs (what --watch keeps between refreshes)."""
     if query.run_ids:
         selected, problems = [runs.find(r) for r in query.run_ids], []
     else:
-        selected, problems = runs.list_runs()
+        selected, problems = runs.list_runs(reuse)
     total = len(selected)
     if query.experiment:
         selected = [r for r in selected if fnmatch.fnmatchcase(str(r.data.get("experiment", "")), query.experiment)]
