@@ -112,7 +112,8 @@ def test_status_shows_each_stage_headline_metric_while_running_and_when_done():
 def slurm_run(run_id: str, state: str, job_ids: list[str], **extra) -> runs.Run:
     experiment = run_id.rsplit("-", 2)[0]
     run = runs.create(run_id, {"experiment": experiment, "dataset": "micro", "executor": "slurm"})
-    return run.update(lambda d: d.update(state=state, job_ids=job_ids, submissions=[{"job_ids": job_ids}], **extra)) and run
+    run.update(lambda d: d.update(state=state, job_ids=job_ids, submissions=[{"job_ids": job_ids}], **extra))
+    return run
 
 
 def sacct_calls(bin_dir) -> list[str]:
@@ -122,10 +123,11 @@ def sacct_calls(bin_dir) -> list[str]:
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    """sacct and squeue on PATH that log their calls; sacct knows jobs 51 (ended) and 52 (running)."""
+    """sacct and squeue on PATH that log their calls; sacct knows jobs 51 (ended), 52 (running) and 54 (preempted)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake_tool(bin_dir, "sacct", "51|COMPLETED|7200|gres/gpu=2|gpu001|0:0|x\n52|RUNNING|60|gres/gpu=1|gpu002|0:0|x")
+    fake_tool(bin_dir, "sacct", "51|COMPLETED|7200|gres/gpu=2|gpu001|0:0|x\n52|RUNNING|60|gres/gpu=1|gpu002|0:0|x\n"
+                                "54|PREEMPTED|60|gres/gpu=1|gpu002|0:0|x")
     fake_tool(bin_dir, "squeue", "")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return bin_dir
@@ -137,15 +139,17 @@ def test_an_ended_run_is_settled_once_then_read_without_sacct_or_metrics(fake_sl
     live = slurm_run("b-micro-00000052", runs.RUNNING, ["52"])
     first = status.collect([done, live])
     assert [r.state for r in first] == ["COMPLETED", "RUNNING"] and first[0].gpu_hours == 4.0
-    assert sacct_calls(fake_slurm) == [sacct_calls(fake_slurm)[0]] and "-j 51,52 " in sacct_calls(fake_slurm)[0]
+    (call,) = sacct_calls(fake_slurm)
+    assert "-j 51,52 " in call
     done = runs.get(done.id)
     assert status.settled(done) is not None and status.settled(runs.get(live.id)) is None
     (done.dir / "metrics.json").unlink()  # the settled run needs it no more
     again = status.collect([done, runs.get(live.id)])
     assert "-j 52 " in sacct_calls(fake_slurm)[1]  # only the running run's job is asked about
-    assert [(r.state, r.gpu_hours, r.headline, r.node) for r in again] == \
-        [(r.state, r.gpu_hours, "accuracy 0.420" if r is first[0] else r.headline, r.node) for r in first]
-    assert status.collect([runs.get(done.id)]) and len(sacct_calls(fake_slurm)) == 2  # nothing left to ask
+    assert (again[0].state, again[0].gpu_hours, again[0].headline, again[0].node) == ("COMPLETED", 4.0, "accuracy 0.420", "gpu001")
+    assert (again[1].state, again[1].gpu_hours) == (first[1].state, first[1].gpu_hours)
+    status.collect([runs.get(done.id)])
+    assert len(sacct_calls(fake_slurm)) == 2  # nothing left to ask sacct about
     # a resubmission changes the run: it is asked about again
     done.update(lambda d: d.update(state=runs.PENDING, job_ids=["51", "53"], submissions=[{"job_ids": ["51"]}, {"job_ids": ["53"]}]))
     assert status.settled(done) is None
@@ -159,10 +163,11 @@ def test_a_run_is_not_settled_while_its_job_may_still_change(fake_slurm):
     recent = slurm_run("d-micro-00000060", runs.FAILED, ["60"], error="boom")
     old = slurm_run("e-micro-00000060", runs.FAILED, ["60"], error="boom")
     old.update(lambda d: d.update(updated_at="2026-01-01T00:00:00+00:00"), touch=False)
-    status.collect([ending, recent, old])
-    assert [status.settled(runs.get(r.id)) is not None for r in (ending, recent, old)] == [False, False, True]
+    # Slurm may still requeue a preempted job under the same id
+    preempted = slurm_run("h-micro-00000054", runs.CANCELLED, ["54"], error="cancelled by the user")
+    status.collect([ending, recent, old, preempted])
+    assert [status.settled(runs.get(r.id)) is not None for r in (ending, recent, old, preempted)] == [False, False, True, False]
     # sacct failing says nothing about what it knows
-    fake_tool(fake_slurm, "sacct", "")
     (fake_slurm / "sacct").write_text("#!/bin/sh\nexit 1\n")
     older = slurm_run("f-micro-00000061", runs.FAILED, ["61"], error="boom")
     older.update(lambda d: d.update(updated_at="2026-01-01T00:00:00+00:00"), touch=False)
