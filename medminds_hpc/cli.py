@@ -35,7 +35,31 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+WATCH_DEFAULT = 2.0
+
+
+def optional_value(argv: list[str], option: str, default: str) -> list[str]:
+    """`--watch` alone means `--watch 2`: the parser wants a value after an option that takes one."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == option and (i + 1 == len(out) or not _is_number(out[i + 1])):
+            out.insert(i + 1, default)
+            break
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
+    sys.argv = optional_value(sys.argv, "--watch", f"{WATCH_DEFAULT:g}")
     try:
         app(standalone_mode=True)
     except UserError as e:
@@ -129,33 +153,42 @@ def prepare(
 @app.command()
 def status(
     run: List[str] = typer.Argument(None, help="run ids (default: every run)"),
+    state: Optional[str] = typer.Option(None, "--state", help="only runs in these states, comma-separated, any case (e.g. running,pending)"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="only runs of experiments matching this glob (e.g. 'expert-*')"),
+    watch: Optional[float] = typer.Option(None, "--watch", metavar="[SECONDS]", help=f"redraw every SECONDS (default and minimum {WATCH_DEFAULT:g}) until Ctrl-C"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """One table of every run: state, job, elapsed, GPU-hours, progress, and its stage's headline metric."""
     from medminds_hpc import runs, status as status_mod
 
     try:
-        if run:
-            selected, problems = [runs.find(r) for r in run], []
-        else:
-            selected, problems = runs.list_runs()
+        query = status_mod.Query(list(run or []), experiment, status_mod.parse_states(state) if state else None)
+        if watch is not None:
+            if as_json:
+                raise UserError("--watch redraws a table for people; --json is for programs: use one of them")
+            status_mod.check_interval(watch)
+            title = f"runs in {runs.paths.runs_dir()}  (every {watch:g} s, Ctrl-C to stop)"
+            unchanged: dict = {}  # run.json files read at the last refresh
+
+            def frame(max_rows: Optional[int]) -> str:
+                import time
+
+                ans = status_mod.answer(query, unchanged)
+                text = status_mod.render(ans, query, f"{time.strftime('%H:%M:%S')}  {title}", max_rows)
+                return text + (f"\n{ans.problems[0]} (and {len(ans.problems) - 1} more)" if ans.problems else "")
+
+            return status_mod.watch(frame, watch, sys.stdout)
+        ans = status_mod.answer(query)
     except UserError as e:
         return fail(str(e))
-    rows = status_mod.collect(selected)
     if as_json:
-        print(json.dumps([r.as_json() for r in rows], indent=2))
+        print(json.dumps([r.as_json() for r in ans.rows], indent=2))
+        if not ans.rows and query.filters():
+            print(f"no run matches {query.filters()} ({ans.total} runs in {runs.paths.runs_dir()})", file=sys.stderr)
     else:
-        from medminds_hpc.tables import plain_duration, plain_table
-
-        table = [
-            (r.run.id, r.state + (f" (requeued {r.run.data['requeues']}x)" if r.run.data.get("requeues") else ""), r.job_id or "",
-             plain_duration(r.elapsed_s) if r.elapsed_s else "", f"{r.gpu_hours:.2f}" if r.gpu_hours else "",
-             r.progress, r.headline)
-            for r in rows
-        ]
-        print(plain_table(("run", "state", "job", "elapsed", "GPU-h", "progress", "metric"), table, title=f"runs in {runs.paths.runs_dir()}"))
-    if problems:
-        fail(problems[0] + (f" (and {len(problems) - 1} more unreadable runs)" if len(problems) > 1 else ""))
+        print(status_mod.render(ans, query, f"runs in {runs.paths.runs_dir()}"))
+    if ans.problems:
+        fail(ans.problems[0] + (f" (and {len(ans.problems) - 1} more unreadable runs)" if len(ans.problems) > 1 else ""))
 
 
 @app.command()

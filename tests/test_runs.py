@@ -171,3 +171,15 @@ def test_a_job_uses_as_many_threads_as_slurm_allocated_cpus(env, expected, monke
             assert torch.get_num_threads() == expected and os.environ["OMP_NUM_THREADS"] == str(expected)
     finally:
         torch.set_num_threads(before)
+
+
+def test_listing_again_parses_only_the_run_records_that_changed():
+    a = runs.create("a-micro-00000001", {"experiment": "a", "dataset": "micro"})
+    runs.create("b-micro-00000002", {"experiment": "b", "dataset": "micro"})
+    memo: dict = {}
+    first, _ = runs.list_runs(memo)
+    a.update(lambda d: d.update(state=runs.RUNNING))
+    second, _ = runs.list_runs(memo)
+    assert second[1] is first[1]  # unchanged: the same object, not parsed again
+    assert second[0] is not first[0] and second[0].state == runs.RUNNING
+    assert [r.id for r in runs.list_runs()[0]] == ["a-micro-00000001", "b-micro-00000002"]
