@@ -15,18 +15,38 @@ on two cores busy with other jobs, two thirds of it in (c). Prints, side by side
    states recomputed for every batch, as without a cache (shuffled batches, which pad more than the extraction's
    length-sorted ones). (c) runs --recompute-epochs per head and is scaled to --epochs, which the printout says.
    Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). (b') times the same heads over the letter logits
-   (reduce "letters"): with the learned reduction a step costs ~16 x vocab x hidden multiply-adds whatever the
-   batch, which on a 4-layer model rivals extracting the batch, and on Mistral-7B is a rounding error beside it. Each head's first-epoch mean loss from (b) and (c) is
-   printed too: the same numbers, since only the states' source differs.
+   (reduce "letters"). With the learned reduction a step costs ~16 x vocab x hidden multiply-adds whatever the
+   batch, which on a 4-layer model rivals extracting the batch, and on Mistral-7B is a rounding error beside it.
+   Where a step's time goes (torch profiler, one thread): reading the vocab x hidden LM head, once to fold the
+   reductions (R @ W) and once for their gradient (G @ W.T, about twice the fold's time); at 4 or 8 output rows
+   those products are bound by that read, not by the multiply-adds. Adam on the 2 x 4 x vocab weights is under a
+   tenth; the rest (the transformer block, the loss) is small, and this plain loop validates and saves nothing.
+   Both experts' reductions are therefore folded in one product of their stacked weights: the head reads the LM
+   head once forward and once backward per step, not twice each (the same weights, bit for bit). Each head's
+   first-epoch mean loss from (b) and (c) is printed too: the same numbers, since only the states' source differs.
 2. Peak memory of a combining stage (one pair of fresh processes per --memory-batches entry): one base with both adapters attached by name
    (`features.load_experts`) vs two full copies of the base each with its adapter, both running both experts'
    forward over one batch. The target (<= 0.6x) is on tensors: the weights' distinct storages plus the forward's
    peak allocations above them (`training.peak_memory`; on CUDA the allocator's own count). Beside it, the
    process's peak (CPU: RSS above the imports, from /proc; CUDA: max_memory_allocated with loading). On CPU
    transformers maps the weights from the safetensors file, so RSS counts only the pages a forward touches (never
-   the LM head's, which extraction skips). The tiny model is mostly its 32,000 x 256 embedding and LM head, but
-   its forward over a batch weighs about as much as its weights, where Mistral-7B's does not.
+   the LM head's, which extraction skips). The tiny model is mostly its 32,000 x 256 embedding and LM head, and
+   its forward over a batch used to weigh about as much as its weights (Mistral-7B's does not): the extraction
+   already ran without gradients, through sdpa attention (no rows x heads x length x length scores), without the
+   LM head and padded only to the batch's longest prompt; its peak was a decoder layer's temporaries (each LoRA
+   projection's output, LoRA branch and sum, the rotary embeddings, the MLP's gate and up products, all batch x
+   length wide). A frozen forward now runs each layer over blocks of whole rows of at most
+   `features.CHUNK_POSITIONS` positions (`features.layers_in_row_blocks`): the same states, and what a batch still
+   costs is the residual stream between layers.
 3. The cache on disk per 1,000 questions and extraction throughput (questions/s).
+
+Measured (--threads 1, two cores shared with other jobs; figures from one run each, so compare within a run):
+- before the folds were fused and the layers ran in row blocks, on quiet cores: (a) 64.6 s, (b) 52.1 s, 1.81x;
+  (b') 1.07x; memory 0.56x at batch 8 and 0.66x at batch 32 (the forward's peak about 68 MB at 32).
+- after, with the cores about four times oversubscribed (the run took 50 min): (a) 410.0 s, (b) 275.0 s (weighted
+  92.3, transformer 97.6, late-fusion 85.1), 1.67x; (b') 1.05x; (c) / (a + b) 13.5x; memory 0.55x at batch 8
+  (forward 13.7 MB) and 0.59x at batch 32, the features stage's default (forward 30.9 MB; weights 77.1 vs 152.1 MB).
+  The learned reduction stays above 1.3x: a step must still read the 32,000 x 256 LM head twice.
 """
 
 from __future__ import annotations

@@ -88,6 +88,22 @@ def test_late_fusion_learned_has_2_vocab_4_weights_and_equals_a_linear_on_the_co
         torch.testing.assert_close(head(task, domain), direct, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["weighted", "transformer"])
+def test_both_learned_reductions_in_one_fold_equal_each_experts_linear_on_its_logits(method: str) -> None:
+    weight = lm_head()
+    head = build_head(method, "learned", weight, LETTERS, seed=0)
+    task, domain = states(6, 1), states(6, 2)
+    reduced = head.reduced(task, domain)
+    direct = (head.task_reduce.proj(task @ weight.T), head.domain_reduce.proj(domain @ weight.T))
+    for got, want in zip(reduced, direct):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    grads = [torch.autograd.grad(sum(r.square().sum() for r in pair), [head.task_reduce.proj.weight,
+                                                                      head.domain_reduce.proj.weight])
+             for pair in (reduced, direct)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 # learning a task that needs both experts ---------------------------------------------------------------------
 def synthetic_task(weight: torch.Tensor, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(task states, domain states, labels): for half the rows the task expert's letter logits point strongly at

@@ -117,6 +117,35 @@ def test_padding_side_and_batch_size_do_not_change_states(cached, loaded, paddin
         np.testing.assert_allclose(states[name], cached.states[name], atol=1e-5, rtol=0)
 
 
+def test_layers_run_in_blocks_of_rows_give_the_same_states_with_a_lower_peak(cached, loaded, monkeypatch):
+    from medminds_hpc.training.peak_memory import peak_above_start
+
+    model, tok = loaded
+    texts = [prompts.mcq_prompt(r) for r in ROWS]
+    attention = decoder_of(model).layers[0].self_attn
+    calls: list[int] = []
+    hook = attention.register_forward_hook(lambda module, args, out: calls.append(out[0].shape[0]))
+
+    def extract() -> dict[str, np.ndarray]:
+        return features.hidden_states(model, tok, texts, batch_size=len(texts), padding_side="left")
+
+    try:
+        monkeypatch.setattr(features, "CHUNK_POSITIONS", 10**9)  # no blocks
+        whole_peak = peak_above_start(extract)
+        assert calls == [len(texts)] * 2  # each expert's batch through the layer at once
+        monkeypatch.setattr(features, "CHUNK_POSITIONS", 1)  # every block one row
+        calls.clear()
+        blocks_peak = peak_above_start(extract)
+        assert calls == [1] * (2 * len(texts))
+        states = extract()
+    finally:
+        hook.remove()
+    for name in features.EXPERTS:
+        np.testing.assert_allclose(states[name], cached.states[name], atol=1e-5, rtol=0)
+    assert blocks_peak < 0.6 * whole_peak, (blocks_peak, whole_peak)
+    assert "forward" not in vars(decoder_of(model).layers[0])  # the layers are themselves again afterwards
+
+
 def test_lm_head_on_cache_gives_each_experts_logits(cached, alone, loaded):
     from medminds_hpc.modeling.scoring import letter_logprobs
 

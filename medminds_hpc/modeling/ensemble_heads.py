@@ -67,6 +67,14 @@ class FrozenOutputs(nn.Module):
         out = states @ (weight @ self.rows).T
         return out + bias if bias is not None else out
 
+    def linear_pair(self, task: torch.Tensor, domain: torch.Tensor, task_proj: nn.Linear,
+                    domain_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """`linear` for both experts through ONE fold of their stacked weights: a step reads the (width x hidden) rows
+        once forward and once backward instead of twice each, and at 4 or 8 output rows that read is the cost."""
+        folded = torch.cat([task_proj.weight, domain_proj.weight]) @ self.rows
+        out = task_proj.weight.shape[0]
+        return task @ folded[:out].T + task_proj.bias, domain @ folded[out:].T + domain_proj.bias
+
 
 class Reduce(nn.Module):
     """One expert's output reduced to 4: a learned Linear(vocab -> 4), or the letter logits as they are."""
@@ -103,16 +111,31 @@ class EnsembleHead(nn.Module):
         return pair[0], pair[1]
 
 
+class ReducedPairHead(EnsembleHead):
+    """A head that reads each expert's output reduced to 4 (`Reduce`), both reductions computed together."""
+
+    def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
+        super().__init__(lm_head_weight, letter_ids, reduce)
+        self.task_reduce = Reduce(self.outputs, reduce)
+        self.domain_reduce = Reduce(self.outputs, reduce)
+
+    def reduced(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, 4), (B, 4)): both experts' reduced outputs, after the input checks."""
+        task, domain = self._inputs(task_states, domain_states)
+        task_proj, domain_proj = self.task_reduce.proj, self.domain_reduce.proj
+        if task_proj is None or domain_proj is None:
+            return self.task_reduce(task), self.domain_reduce(domain)
+        return self.outputs.linear_pair(task, domain, task_proj, domain_proj)
+
+
 # the three heads ---------------------------------------------------------------------------------------------
-class WeightedHead(EnsembleHead):
+class WeightedHead(ReducedPairHead):
     """A learned weighted sum of the two reduced 4-vectors (init 0.5, 0.5), then Linear 4->4 (init identity).
 
     Two global weights cannot pick the right expert per question; this is the paper's simplest ensemble."""
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
         super().__init__(lm_head_weight, letter_ids, reduce)
-        self.task_reduce = Reduce(self.outputs, reduce)
-        self.domain_reduce = Reduce(self.outputs, reduce)
         self.expert_weights = nn.Parameter(torch.full((NUM_EXPERTS,), 0.5))
         self.mix = nn.Linear(NUM_CHOICES, NUM_CHOICES)
         with torch.no_grad():
@@ -125,12 +148,12 @@ class WeightedHead(EnsembleHead):
             self.expert_weights.copy_(torch.tensor([task, domain], dtype=self.expert_weights.dtype))
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
-        task, domain = self._inputs(task_states, domain_states)
+        task, domain = self.reduced(task_states, domain_states)
         w = self.expert_weights
-        return self.mix(w[0] * self.task_reduce(task) + w[1] * self.domain_reduce(domain))
+        return self.mix(w[0] * task + w[1] * domain)
 
 
-class TransformerHead(EnsembleHead):
+class TransformerHead(ReducedPairHead):
     """One unmasked self-attention block over the two experts' reduced outputs as TWO tokens of width 4.
 
     Two tokens rather than one 8-wide vector (the paper's wording allows either): attention between the tokens
@@ -140,8 +163,6 @@ class TransformerHead(EnsembleHead):
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
         super().__init__(lm_head_weight, letter_ids, reduce)
-        self.task_reduce = Reduce(self.outputs, reduce)
-        self.domain_reduce = Reduce(self.outputs, reduce)
         self.embed = nn.Linear(NUM_CHOICES, D_MODEL)
         self.expert_embedding = nn.Parameter(torch.randn(NUM_EXPERTS, D_MODEL) * 0.02)
         self.block = nn.TransformerEncoderLayer(D_MODEL, NHEAD, dim_feedforward=2 * D_MODEL, dropout=0.0,
@@ -152,8 +173,7 @@ class TransformerHead(EnsembleHead):
         self.block.self_attn.in_proj_bias.register_hook(_zero_key_slice)
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
-        task, domain = self._inputs(task_states, domain_states)
-        tokens = torch.stack([self.task_reduce(task), self.domain_reduce(domain)], dim=1)  # (B, 2, 4)
+        tokens = torch.stack(self.reduced(task_states, domain_states), dim=1)  # (B, 2, 4)
         x = self.embed(tokens) + self.expert_embedding
         return self.out(self.block(x).mean(dim=1))
 

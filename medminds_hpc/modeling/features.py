@@ -32,12 +32,13 @@ padding give the same states.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
@@ -193,8 +194,63 @@ def last_token_states(model: Any, batch: Mapping[str, Any]) -> Any:
     device = next(model.parameters()).device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    states = decoder_of(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    decoder = decoder_of(model)
+    with layers_in_row_blocks(decoder):
+        states = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     return states.last_hidden_state[torch.arange(ids.shape[0], device=device), batch["last_index"].to(device)]
+
+
+CHUNK_POSITIONS = 1024  # (rows x sequence) positions per block of a decoder layer when nothing needs a gradient
+
+
+@contextlib.contextmanager
+def layers_in_row_blocks(decoder: Any, positions: int | None = None) -> Iterator[None]:
+    """Within the block, each decoder layer runs over blocks of whole rows of at most `positions` positions (default
+    CHUNK_POSITIONS) whenever no gradient is recorded and no KV cache is filled; the batch still goes through the
+    layers together.
+
+    A layer mixes positions only within a row, so the states are the same. But a frozen forward's largest tensors
+    are a layer's temporaries (norms, each projection and its LoRA branch, rotary embeddings, the MLP's gate and up
+    products: rows x sequence x hidden or intermediate, several at once); in blocks they stop growing with the
+    batch, and what the batch still costs is the residual stream between layers. With a gradient the activations
+    are kept anyway, so the layers run whole."""
+    import torch
+
+    positions = positions or CHUNK_POSITIONS
+
+    def rows_of(value: Any, start: int, end: int, batch: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            return value[start:end]
+        if isinstance(value, (tuple, list)):
+            return type(value)(rows_of(v, start, end, batch) for v in value)
+        return value
+
+    def in_blocks(forward: Callable[..., Any]) -> Callable[..., Any]:
+        def run(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+            batch = hidden_states.shape[0]
+            step = max(1, positions // max(1, hidden_states.shape[1]))
+            if torch.is_grad_enabled() or kwargs.get("use_cache") or batch <= step:
+                return forward(hidden_states, *args, **kwargs)
+            out = None
+            for start in range(0, batch, step):
+                end = min(batch, start + step)
+                part = forward(hidden_states[start:end], *(rows_of(a, start, end, batch) for a in args),
+                               **{k: rows_of(v, start, end, batch) for k, v in kwargs.items()})
+                states = part[0] if isinstance(part, tuple) else part  # transformers < 5 returns a tuple
+                if out is None:
+                    out = states.new_empty(batch, *states.shape[1:])
+                out[start:end] = states
+            return (out,) if isinstance(part, tuple) else out
+        return run
+
+    patched = [layer for layer in decoder.layers if "forward" not in vars(layer)]  # nested: the outer one stands
+    for layer in patched:
+        layer.forward = in_blocks(layer.forward)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
 
 
 # the cache's identity ----------------------------------------------------------------------------------------
