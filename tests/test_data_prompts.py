@@ -102,3 +102,33 @@ def test_multi_token_letters_are_refused():
 
     with pytest.raises(UserError, match="expected exactly one"):
         prompts.letter_token_ids(CharTokenizer())
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MISTRAL_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def test_instruct_prompt_follows_the_bases_own_chat_template():
+    """A base whose chat template is not the [INST] format (ChatML here, as SmolLM2 and Qwen) is trained in its own
+    format; no template, or Mistral's, keeps the paper's text exactly."""
+    import copy
+
+    from medminds_hpc.modeling import tokenizer as tokenizers
+
+    tok = tokenizers.load_tokenizer_from(tokenizers.BUILTIN)
+    row = {"instruction": "Answer briefly.", "input": "What does insulin lower?", "output": "Blood glucose."}
+    paper = ("[INST] Answer briefly. This is the question: What does insulin lower? [/INST]", " Blood glucose.")
+    assert tok.chat_template is None and prompts.instruct_parts(row, tok) == paper == prompts.instruct_parts(row)
+    mistral = copy.deepcopy(tok)
+    mistral.chat_template = MISTRAL_CHAT
+    assert prompts.instruct_parts(row, mistral) == paper
+    chatml = copy.deepcopy(tok)
+    chatml.chat_template = CHATML
+    prompt, completion = prompts.instruct_parts(row, chatml)
+    assert prompt == ("<|im_start|>user\nAnswer briefly. This is the question: What does insulin lower?<|im_end|>\n"
+                      "<|im_start|>assistant\n") and completion == "Blood glucose."
+    ex = prompts.encode_completion(chatml, prompt, completion, max_length=256)
+    answer = [t for t in ex.labels if t != prompts.IGNORE_INDEX]
+    assert chatml.decode(answer[:-1]).strip() == "Blood glucose." and answer[-1] == chatml.eos_token_id

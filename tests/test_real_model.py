@@ -154,6 +154,8 @@ def test_converted_logits_equal_the_gguf_models(loaded, converted):
     assert arch.decoder_layer_class(model) == {"LlamaDecoderLayer"} and len(arch.decoder_layers(model)) == 30
     assert arch.lora_targets(model) == arch.STANDARD_PROJECTIONS
     assert len(set(prompts.letter_token_ids(tok))) == 4
+    prompt, completion = prompts.instruct_parts({"instruction": "Answer.", "input": "Scurvy?", "output": "Vitamin C."}, tok)
+    assert "[INST]" not in prompt and prompt.rstrip().endswith("<|im_start|>assistant") and completion == "Vitamin C."
 
 
 @pytest.mark.slow

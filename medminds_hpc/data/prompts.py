@@ -69,9 +69,27 @@ def mcq_parts(row: Mapping[str, Any], template: str = "paper") -> tuple[str, str
     return mcq_prompt(row, template), answer_text(int(row["answer"]))
 
 
-def instruct_parts(row: Mapping[str, Any]) -> tuple[str, str]:
-    """(prompt, completion) of a canonical instruct row; BOS/EOS are added as ids by `encode_completion`."""
-    return f"[INST] {row['instruction']} This is the question: {row['input']} [/INST]", f" {row['output']}"
+def instruct_parts(row: Mapping[str, Any], tokenizer: Any = None) -> tuple[str, str]:
+    """(prompt, completion) of a canonical instruct row; BOS/EOS are added as ids by `encode_completion`.
+    The paper's [INST] format, unless `tokenizer` brings a chat template of another format (Llama 3, Qwen,
+    SmolLM2's ChatML): then the base learns its answers in its own format (`chat_prompt`)."""
+    message = f"{row['instruction']} This is the question: {row['input']}"
+    chat = chat_prompt(tokenizer, message)
+    if chat is None:
+        return f"[INST] {message} [/INST]", f" {row['output']}"
+    return chat, str(row["output"])
+
+
+def chat_prompt(tokenizer: Any, message: str) -> str | None:
+    """`message` as a user turn followed by the assistant's opening, rendered by the tokenizer's own chat template;
+    None without one, or when it is the [INST] format, which the paper's text already is. A leading BOS is left to
+    `encode_completion`, which adds it as an id."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or "[INST]" in str(template):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    return text[len(bos):] if bos and text.startswith(bos) else text
 
 
 def instruct_text(row: Mapping[str, Any]) -> str:

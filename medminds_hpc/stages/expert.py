@@ -51,7 +51,7 @@ def sft_example(cfg: Config, row: dict[str, Any], tokenizer: Any) -> Any:
     within max_length."""
     from medminds_hpc.data import prompts
 
-    prompt, completion = prompts.mcq_parts(row, cfg.prompt) if cfg.data == "arc" else prompts.instruct_parts(row)
+    prompt, completion = prompts.mcq_parts(row, cfg.prompt) if cfg.data == "arc" else prompts.instruct_parts(row, tokenizer)
     return prompts.encode_completion(tokenizer, prompt, completion, max_length=cfg.max_length)
 
 
