@@ -189,6 +189,22 @@ def report(
 
 
 @app.command()
+def demo() -> None:
+    """The study in miniature here (tiny model, synthetic data, local executor; minutes on 2 cores), then the report."""
+    import shutil
+
+    from medminds_hpc import demo as demo_mod, submit as submit_mod
+
+    try:
+        demo_mod.run_demo(say=lambda s: print(s, flush=True), width=shutil.get_terminal_size().columns)
+    except UserError as e:
+        fail(str(e))
+    except (submit_mod.Interrupted, KeyboardInterrupt) as e:
+        console(stderr=True).print(str(e) or "interrupted", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
 def logs(run: str = typer.Argument(..., help="run id (or a unique prefix)"), follow: bool = typer.Option(False, "-f", "--follow", help="keep printing as the log grows")) -> None:
     """Print the log of a run's latest job."""
     from medminds_hpc import control

@@ -89,7 +89,8 @@ def select(names: list[str], only: list[str], skip: list[str]) -> list[str]:
 
 
 def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> list[str]:
-    """`targets` and everything they need, upstream first (needs in file order, then names sorted)."""
+    """`targets` and everything they need, by depth in the graph (prepare, then the experts and the baselines,
+    then what needs the experts...), by name within a depth."""
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
@@ -104,7 +105,10 @@ def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> l
 
     for name in targets:
         visit(name, ())
-    return order
+    depth: dict[str, int] = {}
+    for name in order:  # upstream first, so every need has its depth already
+        depth[name] = 1 + max((depth[n] for n in loaded[name].needs), default=-1)
+    return sorted(order, key=lambda n: (depth[n], n))
 
 
 def route_overrides(order: list[str], loaded: dict[str, experiments.Experiment], overrides: list[str]) -> dict[str, list[str]]:
@@ -176,8 +180,9 @@ def plan(opts: StudyOptions) -> list[Node]:
     return list(nodes.values())
 
 
-def run_study(opts: StudyOptions, say: Callable[[str], None] = print) -> list[Node]:
-    """Plan, refuse what cannot run (before anything is written), then submit (Slurm) or run here (local, debug)."""
+def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool = True) -> list[Node]:
+    """Plan, refuse what cannot run (before anything is written), then submit (Slurm) or run here (local, debug;
+    one line per run as it ends, then the tree unless `tree` is false)."""
     executor = opts.executor or submit.default_executor()
     submit.check_executor("debug" if opts.dry_run and executor == "slurm" else executor)
     if not opts.dry_run:
@@ -203,7 +208,8 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print) -> list[No
             for node in nodes:
                 for p in node.runs:
                     _run_here(p, executor, started, submitted, say)
-            say(render_tree(nodes, opts, executor))
+            if tree:
+                say(render_tree(nodes, opts, executor))
     except KeyboardInterrupt:
         raise submit.Interrupted(submit._interrupted(submitted, executor)) from None
     return nodes
@@ -301,33 +307,33 @@ def render_tree(nodes: list[Node], opts: StudyOptions, executor: str, dry_run: b
     head = (f"study on {opts.dataset}: {len(nodes)} experiments, {len(all_runs)} runs "
             f"({count} {'to submit' if dry_run else 'submitted'}, {reused} reused) "
             f"[{executor}{', cluster ' + nodes[0].runs[0].resources.cluster if executor == 'slurm' else ''}]")
-    lines = [head]
+    rows: list[tuple[str, str]] = []  # (the tree's part, the rest), the tree's part padded to one width below
     children: dict[str | None, list[Node]] = {}
     for n in nodes:
         children.setdefault(n.parent, []).append(n)
-    width = max(len(n.name) for n in nodes) + 6
+    id_width = max(len(p.run_id) for p in all_runs)
+    state_width = max(len(_state_text(p, dry_run)) for p in all_runs)
 
     def show(node: Node, prefix: str, last: bool, top: bool) -> None:
         branch = "" if top else ("└─ " if last else "├─ ")
         below = prefix + ("" if top else ("   " if last else "│  "))
+        kids = children.get(node.name, [])
         notes = ([f"after {', '.join(node.after)}"] if node.after else []) + ([] if node.target else ["needed"])
-        label = (prefix + branch + node.name).ljust(width)
         res = node.runs[0].resources.summary() if executor == "slurm" else executor
         extra = f"  ({'; '.join(notes)})" if notes else ""
         if len(node.runs) == 1:
             p = node.runs[0]
-            lines.append(f"{label} {p.run_id}  {_state_text(p, dry_run)}  [{res}]{extra}")
+            rows.append((prefix + branch + node.name,
+                         f"{p.run_id.ljust(id_width)}  {_state_text(p, dry_run).ljust(state_width)}  [{res}]{extra}"))
         else:
             kind = "one job array" if executor == "slurm" else "one after the other"
-            lines.append(f"{label} {len(node.runs)} seeds, {kind}  [{res}]{extra}")
-            kids = children.get(node.name, [])
-            bar = "│  " if kids else "   "
+            rows.append((prefix + branch + node.name, f"{len(node.runs)} seeds, {kind}  [{res}]{extra}"))
             for seed, p in zip(node.seeds, node.runs):
-                lines.append(f"{below}{bar}seed {seed}  {p.run_id}  {_state_text(p, dry_run)}")
-        kids = children.get(node.name, [])
+                rows.append((f"{below}{'│  ' if kids else '   '}seed {seed}", f"{p.run_id.ljust(id_width)}  {_state_text(p, dry_run)}"))
         for i, kid in enumerate(kids):
             show(kid, below, i == len(kids) - 1, False)
 
     for root in children.get(None, []):
         show(root, "", True, True)
-    return "\n".join(lines)
+    width = max(len(tree) for tree, _ in rows)
+    return "\n".join([head] + [f"{tree.ljust(width)}  {rest}".rstrip() for tree, rest in rows])

@@ -67,7 +67,7 @@ def test_the_dry_run_prints_the_tree_with_arrays_and_writes_nothing(medminds_hom
 
 def test_only_brings_what_its_experiments_need_and_skip_leaves_experiments_out():
     nodes = plan(dataset="micro", only=["ensemble-*"])
-    assert list(nodes) == ["prepare", "expert-task", "expert-domain", "features", "ensemble-late-fusion",
+    assert list(nodes) == ["prepare", "expert-domain", "expert-task", "features", "ensemble-late-fusion",
                            "ensemble-transformer", "ensemble-weighted"]
     assert [n for n, node in nodes.items() if node.target] == ["ensemble-late-fusion", "ensemble-transformer", "ensemble-weighted"]
     nodes = plan(dataset="micro", skip=["moe-*", "merge-*", "ensemble-t*"])
