@@ -47,7 +47,8 @@ class StudyOptions:
     model: str | None = None
     overrides: list[str] = field(default_factory=list)
     dry_run: bool = False
-    wait: bool | None = None  # default: yes for local/debug (they run here), no for Slurm
+    wait: bool | None = None  # Slurm: wait for the jobs (default no); local and debug runs always run here
+    parallel: int = 1  # local executor: runs at a time (each once its upstream runs have ended)
 
 
 @dataclass
@@ -90,7 +91,8 @@ def select(names: list[str], only: list[str], skip: list[str]) -> list[str]:
 
 def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> list[str]:
     """`targets` and everything they need, by depth in the graph (prepare, then the experts and the baselines,
-    then what needs the experts...), by name within a depth."""
+    then what needs the experts...); within a depth, those more runs wait for first (run here in that order,
+    the experts start before the baselines), then by name."""
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
@@ -106,9 +108,13 @@ def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> l
     for name in targets:
         visit(name, ())
     depth: dict[str, int] = {}
+    dependants: dict[str, set[str]] = {name: set() for name in order}
     for name in order:  # upstream first, so every need has its depth already
         depth[name] = 1 + max((depth[n] for n in loaded[name].needs), default=-1)
-    return sorted(order, key=lambda n: (depth[n], n))
+    for name in reversed(order):  # downstream first, so every dependant has its own dependants already
+        for need in loaded[name].needs:
+            dependants[need] |= {name} | dependants[name]
+    return sorted(order, key=lambda n: (depth[n], -len(dependants[n]), n))
 
 
 def route_overrides(order: list[str], loaded: dict[str, experiments.Experiment], overrides: list[str]) -> dict[str, list[str]]:
@@ -205,9 +211,7 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool
                 for p in submitted:
                     submit.wait_for_run(p)
         else:
-            for node in nodes:
-                for p in node.runs:
-                    _run_here(p, executor, started, submitted, say)
+            _run_here(nodes, executor, started, submitted, say, opts.parallel)
             if tree:
                 say(render_tree(nodes, opts, executor))
     except KeyboardInterrupt:
@@ -264,9 +268,36 @@ def _array_folder(node: Node, run_list: list[runs.Run]) -> Any:
     return base / "task-%a"
 
 
-def _run_here(p: PlannedRun, executor: str, started: float, submitted: list[PlannedRun], say: Callable[[str], None]) -> None:
-    """Run one run to its end on this machine (its upstreams ended before), then say how it went."""
-    t0 = time.monotonic()
+def _run_here(nodes: list[Node], executor: str, started: float, submitted: list[PlannedRun], say: Callable[[str], None],
+              parallel: int) -> None:
+    """Run the graph on this machine, up to `parallel` runs at a time, each once its upstream runs have ended;
+    one line per run as it ends. A failed run stops the command (runs already started go on to their end)."""
+    by_name = {n.name: n for n in nodes}
+    waiting = [(p, [by_name[need].run_for(seed).run_id for need in p.resolved.experiment.needs])
+               for node in nodes for seed, p in zip(node.seeds, node.runs)]
+    ended: set[str] = set()
+    running: dict[str, float] = {}  # run id -> when it started here
+    planned = {p.run_id: p for p, _ in waiting}
+    while waiting or running:
+        for p, upstream in list(waiting):
+            if len(running) >= parallel:
+                break
+            if all(u in ended for u in upstream):
+                waiting.remove((p, upstream))
+                running[p.run_id] = time.monotonic()
+                _start_here(p, executor, started, submitted)
+        for run_id, t0 in list(running.items()):
+            p = planned[run_id]
+            if _has_ended(p):
+                submit.wait_for_run(p) if p.jobs else submit._await_upstream(p, {})  # raise unless it COMPLETED
+                del running[run_id]
+                ended.add(run_id)
+                say(progress_line(p, time.monotonic() - t0))
+        if running:
+            time.sleep(0.2)
+
+
+def _start_here(p: PlannedRun, executor: str, started: float, submitted: list[PlannedRun]) -> None:
     with runs.submission_lock(p.run_id):
         submit.decide(p, locked=True, since=started)
         if p.action in TO_RUN:
@@ -274,11 +305,13 @@ def _run_here(p: PlannedRun, executor: str, started: float, submitted: list[Plan
             with submit._interrupt_deferred():
                 p.jobs = submit.submit_runs([p], [run], executor, [])[0]
             submitted.append(p)
-    if p.action == "active":
-        submit._await_upstream(p, {})
-    elif p.jobs:
-        submit.wait_for_run(p)
-    say(progress_line(p, time.monotonic() - t0))
+
+
+def _has_ended(p: PlannedRun) -> bool:
+    """Our own job is done, or a run another command started is no longer active (a finished one has ended)."""
+    if p.jobs:
+        return all(job.done() for job in p.jobs)
+    return p.action == "done" or status.collect([runs.get(p.run_id)])[0].state not in runs.ACTIVE_STATES
 
 
 def progress_line(p: PlannedRun, seconds: float) -> str:
