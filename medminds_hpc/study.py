@@ -100,7 +100,8 @@ def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> l
             raise UserError(f"experiment {name} needs itself: {' -> '.join(chain + (name,))}")
         if name in order:
             return
-        loaded.setdefault(name, experiments.load(name))
+        if name not in loaded:
+            loaded[name] = experiments.load(name)
         for need in loaded[name].needs:
             visit(need, chain + (name,))
         order.append(name)
@@ -318,7 +319,7 @@ def progress_line(p: PlannedRun, seconds: float) -> str:
     """One line per finished run: experiment, run id, headline metric, time (or that an earlier run was reused)."""
     (st,) = status.collect([runs.get(p.run_id)])
     took = "reused" if p.action == "done" else f"{seconds:.0f} s"
-    return f"done  {p.name:<28} {st.headline or st.state:<24} {took:>7}  {p.run_id}"
+    return f"done  {p.name:<28} {st.headline or st.state:<32} {took:>7}  {p.run_id}"
 
 
 def _state_text(p: PlannedRun, dry_run: bool) -> str:

@@ -1,4 +1,4 @@
-"""`medminds submit all` on the real dev cluster: the whole study's graph (tiny model, the demo's small overrides)
+"""`medminds submit all` on the real dev cluster: the whole study's graph (tiny model, a few rows per stage)
 finishes every job in dependency order and `report` writes every file; a second call submits nothing; seeds go
 as one job array per experiment, each task logging into its own run, downstream arrays after upstream ones."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medminds_hpc import control, demo, report, runs, study
-from tests.helpers import quiet, wait_until_ended
+from medminds_hpc import control, report, runs, study
+from tests.helpers import SHARED_DATA, quiet, require_shared_data, wait_until_ended, write_medmcqa_source
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -30,18 +30,35 @@ def medminds_home(medminds_home, module_home, monkeypatch) -> Path:
     return module_home
 
 
-def options(**kw) -> study.StudyOptions:
-    return study.StudyOptions("micro", cluster="dev", executor="slurm", model="tiny", overrides=list(demo.OVERRIDES), **kw)
+@pytest.fixture(scope="module")
+def source(module_home) -> Path:
+    """A small prepare source: 240 + 60 synthetic MedMCQA rows (so the stages over all of MedMCQA take seconds)
+    beside the real ARC and medical-instruct samples the experts train on."""
+    require_shared_data(SHARED_DATA / "arc", SHARED_DATA / "medical_instruct")
+    folder = write_medmcqa_source(module_home.parent / "source", 240, 60)
+    for name in ("arc", "medical_instruct"):
+        (folder / name).symlink_to(SHARED_DATA / name, target_is_directory=True)
+    return folder
 
 
-def test_the_whole_study_finishes_on_slurm_and_the_report_writes_every_file(module_home):
+@pytest.fixture
+def options(source):
+    """What every submission here uses: the tiny model, one epoch over at most 64 rows, validation on all 60."""
+    def make(**kw) -> study.StudyOptions:
+        overrides = [f"prepare.source={source}", "epochs=1", "max_train_rows=64", "eval_rows=60"]
+        return study.StudyOptions("micro", cluster="dev", executor="slurm", model="tiny", overrides=overrides, **kw)
+    return make
+
+
+def test_the_whole_study_finishes_on_slurm_and_the_report_writes_every_file(options):
     said: list[str] = []
     nodes = study.run_study(options(), say=said.append)
     planned = [p for n in nodes for p in n.runs]
     assert len(planned) == len(nodes) == 17 and all(p.job_ids for p in planned)
     by_name = {p.name: p for p in planned}
     ensemble = runs.get(by_name["ensemble-late-fusion"].run_id)
-    assert ensemble.data["submissions"][0]["dependencies"] == [by_name["features"].job_ids[0]]  # the others are implied
+    assert sorted(ensemble.data["submissions"][0]["dependencies"]) == sorted(
+        by_name[n].job_ids[0] for n in ("prepare", "expert-task", "expert-domain", "features"))
     assert said[0].startswith("study on micro: 17 experiments, 17 runs (17 submitted, 0 reused) [slurm, cluster dev]")
     for p in planned:
         wait_until_ended(p.run_id, timeout=600)
@@ -50,12 +67,12 @@ def test_the_whole_study_finishes_on_slurm_and_the_report_writes_every_file(modu
     for stem in ("summary", "significance", "per_subject"):
         assert {f"{stem}.md", f"{stem}.csv", f"{stem}.tex"} <= names
     assert {"index.html", "README.md"} <= names and any(n.startswith("figures/") and n.endswith(".png") for n in names)
-    assert len(written.finished) == 17
+    assert len(written.finished) == 15 and len(written.skipped) == 2  # prepare and features evaluate nothing
     again = study.run_study(options(), say=quiet)
     assert all(p.action == "done" and not p.jobs for n in again for p in n.runs)
 
 
-def test_seeds_go_as_one_job_array_per_experiment_after_the_upstream_array():
+def test_seeds_go_as_one_job_array_per_experiment_after_the_upstream_array(options):
     nodes = {n.name: n for n in study.run_study(options(seeds=2, only=["baseline-classifier-task"]), say=quiet)}
     assert list(nodes) == ["prepare", "expert-task", "baseline-classifier-task"]
     assert nodes["prepare"].runs[0].action == "done"  # the first test's, reused
@@ -64,8 +81,8 @@ def test_seeds_go_as_one_job_array_per_experiment_after_the_upstream_array():
     assert [p.job_ids for p in experts] == [[f"{array}_0"], [f"{array}_1"]]
     assert heads[1].job_ids[0].split("_")[0] == heads[0].job_ids[0].split("_")[0] != array
     assert runs.get(heads[0].run_id).data["submissions"][0]["dependencies"] == [array]
-    for p in experts + heads:
+    for seed, p in [*enumerate(experts), *enumerate(heads)]:
         run = wait_until_ended(p.run_id, timeout=600)
-        assert run.data["params"]["seed"] == experts.index(p) if p in experts else heads.index(p)
+        assert run.data["params"]["seed"] == seed
         assert control.log_files(run), run.id  # each task's log in its own run's logs/
     assert runs.get(heads[1].run_id).data["needs"]["expert-task"] == experts[1].run_id
