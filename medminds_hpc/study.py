@@ -14,8 +14,9 @@ On Slurm, the runs of one experiment still to run are submitted as ONE job array
 seed i when none is finished yet), depending `afterok` on the whole arrays of its upstreams. Not `aftercorr`:
 arrays of one command may hold different seeds (finished seeds are reused, not resubmitted), so task i of one
 array is not always task i of the next; and the seeds of an array start together anyway, so waiting for the
-whole upstream array costs the spread of its tasks' run times, not the sum. Each task writes its log into its
-own run's `logs/`. Without a scheduler (local, debug) the runs go one after the other in dependency order.
+whole upstream array costs the spread of its tasks' run times, not the sum. An array's files (script, pickles,
+logs) live in $MEDMINDS_HOME/arrays/, each task's log linked into its own run's `logs/`. Without a scheduler
+(local, debug) the runs go here in dependency order, `parallel` at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import fnmatch
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from medminds_hpc import clusters, config, experiments, memory, paths, runs, status, submit
@@ -248,6 +250,7 @@ def _submit_node(node: Node, nodes: list[Node], started: float) -> list[PlannedR
         with submit._interrupt_deferred():  # a job submitted is a job recorded
             if len(planned) > 1 and all(p.resolved.shards == 1 for p in planned):
                 jobs = submit.submit_runs(planned, run_list, "slurm", deps, folder=_array_folder(node, run_list))
+                _link_logs(run_list, jobs)
             else:
                 jobs = [submit.submit_runs([p], [run], "slurm", deps)[0] for p, run in zip(planned, run_list)]
         for p, own in zip(planned, jobs):
@@ -255,18 +258,21 @@ def _submit_node(node: Node, nodes: list[Node], started: float) -> list[PlannedR
     return planned
 
 
-def _array_folder(node: Node, run_list: list[runs.Run]) -> Any:
-    """submitit's folder for a job array over several runs: `task-%a` under a folder of the array, each task-i a
-    link to run i's logs/, so every task's log lands in its own run (and `medminds logs RUN` finds it)."""
-    base = paths.home() / "arrays" / f"{node.name}-{runs.config_hash([r.id for r in run_list])}"
-    base.mkdir(parents=True, exist_ok=True)
-    for i, run in enumerate(run_list):
+def _array_folder(node: Node, run_list: list[runs.Run]) -> Path:
+    """submitit's folder for one job array over several runs (its script, pickles and the tasks' logs)."""
+    return paths.home() / "arrays" / f"{node.name}-{runs.config_hash([r.id for r in run_list])}"
+
+
+def _link_logs(run_list: list[runs.Run], jobs: list[list[Any]]) -> None:
+    """Link each array task's log files into its own run's logs/, where `medminds logs RUN` looks (the links
+    dangle until Slurm starts the task)."""
+    for run, own in zip(run_list, jobs):
         run.log_dir.mkdir(parents=True, exist_ok=True)
-        link = base / f"task-{i}"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(run.log_dir, target_is_directory=True)
-    return base / "task-%a"
+        for job in own:
+            for target in (job.paths.stdout, job.paths.stderr):
+                link = run.log_dir / target.name
+                if not link.is_symlink():
+                    link.symlink_to(target)
 
 
 def _run_here(nodes: list[Node], executor: str, started: float, submitted: list[PlannedRun], say: Callable[[str], None],
