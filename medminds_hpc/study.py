@@ -296,7 +296,10 @@ def _run_here(nodes: list[Node], executor: str, started: float, submitted: list[
         for run_id, t0 in list(running.items()):
             p = planned[run_id]
             if _has_ended(p):
-                submit.wait_for_run(p) if p.jobs else submit._await_upstream(p, {})  # raise unless it COMPLETED
+                if p.jobs:  # both raise unless the run COMPLETED
+                    submit.wait_for_run(p)
+                else:
+                    submit._await_upstream(p, {})
                 del running[run_id]
                 ended.add(run_id)
                 say(progress_line(p, time.monotonic() - t0))
