@@ -91,7 +91,7 @@ def list_cmd(
 
 @app.command()
 def submit(
-    experiment: str = typer.Argument(..., help="experiment name (see `medminds list`)"),
+    experiment: str = typer.Argument(..., help="experiment name (see `medminds list`), or `all`: every experiment of the study"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="micro | mini | mega"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster profile in slurm/ (default: $MEDMINDS_CLUSTER or unity)"),
     executor: Optional[str] = typer.Option(None, "--executor", help="slurm | local | debug (default: slurm when sbatch is on PATH)"),
@@ -100,13 +100,27 @@ def submit(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script and resolved config; submit nothing"),
     force: bool = typer.Option(False, "--force", help="start this experiment's run afresh even if it exists"),
     wait: Optional[bool] = typer.Option(None, "--wait/--no-wait", help="wait for the jobs (default: yes for local/debug)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="all: seeds 0..N-1 of every seeded stage, one job array per experiment"),
+    only: List[str] = typer.Option([], "--only", help="all: only experiments matching this shell pattern (and what they need)"),
+    skip: List[str] = typer.Option([], "--skip", help="all: leave out experiments matching this shell pattern"),
 ) -> None:
-    """Submit an experiment (and whatever it needs that is not finished yet)."""
+    """Submit an experiment (and whatever it needs that is not finished yet), or `all`: the whole study as one graph."""
     from medminds_hpc import submit as submit_mod
 
-    opts = submit_mod.SubmitOptions(dataset, cluster, executor, model, list(override), dry_run, force, wait)
+    say = lambda s: console().print(s, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
     try:
-        submit_mod.submit(experiment, opts, say=lambda s: console().print(s, highlight=False, markup=False, soft_wrap=True))
+        if experiment == "all":
+            from medminds_hpc import study
+
+            if force:
+                raise UserError("--force goes with one experiment: `medminds submit NAME --force` (submit all reuses finished runs)")
+            study.run_study(study.StudyOptions(dataset, seeds, list(only), list(skip), cluster, executor, model, list(override),
+                                               dry_run, wait), say=say)
+            return
+        if seeds is not None or only or skip:
+            raise UserError("--seeds, --only and --skip go with `medminds submit all`; for one experiment use -o seed=N")
+        opts = submit_mod.SubmitOptions(dataset, cluster, executor, model, list(override), dry_run, force, wait)
+        submit_mod.submit(experiment, opts, say=say)
     except UserError as e:
         fail(str(e))
     except (submit_mod.Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: where things stand, not a traceback
@@ -205,6 +219,22 @@ def report(
         print(report_mod.terminal_summary(report_mod.write_report(out, formats), shutil.get_terminal_size().columns))
     except UserError as e:
         fail(str(e))
+
+
+@app.command()
+def demo() -> None:
+    """The study in miniature here (tiny model, synthetic data, local executor; minutes on 2 cores), then the report."""
+    import shutil
+
+    from medminds_hpc import demo as demo_mod, submit as submit_mod
+
+    try:
+        demo_mod.run_demo(say=lambda s: print(s, flush=True), width=shutil.get_terminal_size().columns)
+    except UserError as e:
+        fail(str(e))
+    except (submit_mod.Interrupted, KeyboardInterrupt) as e:
+        console(stderr=True).print(str(e) or "interrupted", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()

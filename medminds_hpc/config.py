@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -119,6 +120,12 @@ def coerce(tp: Any, value: Any, *, from_text: bool = False) -> Any:
 
 
 def field_types(cls: type) -> dict[str, Any]:
+    return dict(_field_types(cls))
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved once per class: get_type_hints evaluates every annotation's text, the bulk of planning a study."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 

@@ -88,19 +88,26 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         exp = experiments.load(exp_name)
         needs = {n: visit(n, chain + (exp_name,), False).run_id for n in exp.needs}
         resolved = experiments.resolve(exp, opts.dataset, opts.model, routed.get(exp_name, []))
-        resources = clusters.job_resources(profile, opts.dataset, exp.resources.get(opts.dataset, {}), resolved.resource_overrides,
-                                           where=f"experiment {exp_name} on cluster {profile.name} ({opts.dataset})")
-        run_id = runs.make_run_id(exp_name, opts.dataset, resolved.identity(needs))
-        p = PlannedRun(resolved, resources, run_id, needs, None, "new", force=top and opts.force)
-        p.memory = memory.for_run(exp_name, run_id, exp.stage, resolved.params, resolved.model, resources.gpu,
-                                  {n: g.memory_gb for n, g in profile.gpus.items()})
-        decide(p)
+        p = planned_run(resolved, needs, profile, force=top and opts.force)
         by_name[exp_name] = p
         ordered.append(p)
         return p
 
     visit(name, (), True)
     return ordered
+
+
+def planned_run(resolved: experiments.Resolved, needs: dict[str, str], profile: clusters.ClusterProfile, force: bool = False) -> PlannedRun:
+    """One run of an experiment bound to its upstream runs: its id, resources, memory estimate and what happens to it."""
+    exp, dataset = resolved.experiment, resolved.dataset
+    resources = clusters.job_resources(profile, dataset, exp.resources.get(dataset, {}), resolved.resource_overrides,
+                                       where=f"experiment {exp.name} on cluster {profile.name} ({dataset})")
+    run_id = runs.make_run_id(exp.name, dataset, resolved.identity(needs))
+    p = PlannedRun(resolved, resources, run_id, needs, None, "new", force=force)
+    p.memory = memory.for_run(exp.name, run_id, exp.stage, resolved.params, resolved.model, resources.gpu,
+                              {n: g.memory_gb for n, g in profile.gpus.items()})
+    decide(p)
+    return p
 
 
 def decide(p: PlannedRun, *, locked: bool = False, since: float | None = None) -> None:
@@ -145,11 +152,13 @@ def _folder(run_id: str) -> Path:
     return paths.runs_dir() / run_id / "logs"
 
 
-def make_executor(executor: str, run_id: str, resources: clusters.JobResources, dependencies: list[str], script_only: bool = False):
-    """The submitit executor for one run; `script_only` (dry runs) renders sbatch scripts without Slurm installed."""
+def make_executor(executor: str, run_id: str, resources: clusters.JobResources, dependencies: list[str], script_only: bool = False,
+                  folder: Path | None = None):
+    """The submitit executor for one run; `script_only` (dry runs) renders sbatch scripts without Slurm installed.
+    `folder`: where submitit writes (default: the run's logs/; a job array of several runs passes its own)."""
     import submitit
 
-    folder = _folder(run_id)
+    folder = folder or _folder(run_id)
     if executor == "slurm":
         ex = compat.slurm_executor(folder, resources.max_requeues, script_only=script_only)
         extra: dict[str, Any] = {"requeue": True}
@@ -335,31 +344,49 @@ def _dep_ids(planned: list[PlannedRun], need: str) -> list[str]:
 
 
 def _submit_one(p: PlannedRun, run: runs.Run, executor: str, deps: list[str]) -> Any:
+    return submit_runs([p], [run], executor, deps)[0]
+
+
+def submit_runs(planned: list[PlannedRun], run_list: list[runs.Run], executor: str, deps: list[str],
+                folder: Path | None = None) -> list[Any]:
+    """Submit one job for a single run (a job array of its shards when it has several), or one job array whose
+    task i runs `run_list[i]`; record each run's job ids. Returns the submitit jobs of each run."""
     from medminds_hpc.job import StageJob
 
-    ex = make_executor(executor, p.run_id, p.resources, deps)
-    shards = p.resolved.shards
+    p0 = planned[0]
+    ex = make_executor(executor, p0.run_id, p0.resources, deps, folder=folder)
+    if len(run_list) > 1:
+        calls, owner = [StageJob(run.dir) for run in run_list], list(range(len(run_list)))
+    else:
+        calls, owner = [StageJob(run_list[0].dir, i) for i in range(p0.resolved.shards)], [0] * p0.resolved.shards
     try:
-        jobs = ex.submit_array([StageJob(run.dir, i) for i in range(shards)]) if shards > 1 else [ex.submit(StageJob(run.dir))]
+        jobs = ex.submit_array(calls) if len(calls) > 1 else [ex.submit(calls[0])]
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = "submission failed: " + " | ".join(dict.fromkeys(lines))
-        if p.action in ("new", "fresh"):
-            shutil.rmtree(run.dir, ignore_errors=True)  # nothing half-written: the run never existed
-        else:
-            run.update(lambda d: d.update(state=runs.FAILED, error=message))
-        raise UserError(f"{p.run_id}: {message}") from None
-    p.job_ids = [str(j.job_id) for j in jobs]
+        for p, run in zip(planned, run_list):
+            if p.action in ("new", "fresh"):
+                shutil.rmtree(run.dir, ignore_errors=True)  # nothing half-written: the run never existed
+            else:
+                run.update(lambda d: d.update(state=runs.FAILED, error=message))
+        raise UserError(f"{', '.join(p.run_id for p in planned)}: {message}") from None
+    per_run: list[list[Any]] = [[j for j, k in zip(jobs, owner) if k == i] for i in range(len(run_list))]
+    for p, run, own in zip(planned, run_list, per_run):
+        _record_jobs(p, run, [str(j.job_id) for j in own], executor, deps)
+    return per_run
+
+
+def _record_jobs(p: PlannedRun, run: runs.Run, job_ids: list[str], executor: str, deps: list[str]) -> None:
+    p.job_ids = job_ids
 
     def change(d: dict[str, Any]) -> None:
-        d["job_ids"] = list(dict.fromkeys(d.get("job_ids", []) + p.job_ids))
-        d.setdefault("submissions", []).append({"job_ids": p.job_ids, "executor": executor, "at": runs.now(),
+        d["job_ids"] = list(dict.fromkeys(d.get("job_ids", []) + job_ids))
+        d.setdefault("submissions", []).append({"job_ids": job_ids, "executor": executor, "at": runs.now(),
                                                 "submitted_s": time.time(), "dependencies": deps})
         if d.get("state") == runs.SUBMITTING:
             d["state"] = runs.PENDING
 
     run.update(change)
-    return jobs
 
 
 def wait_for_run(p: PlannedRun) -> None:
