@@ -189,7 +189,8 @@ def status(
 
                 ans = status_mod.answer(query, unchanged)
                 text = status_mod.render(ans, query, f"{time.strftime('%H:%M:%S')}  {title}", max_rows)
-                return text + (f"\n{ans.problems[0]} (and {len(ans.problems) - 1} more)" if ans.problems else "")
+                text += f"\n{ans.problems[0]} (and {len(ans.problems) - 1} more)" if ans.problems else ""
+                return text + (f"\nSlurm did not answer ({ans.unanswered}): states as last recorded" if ans.unanswered else "")
 
             return status_mod.watch(frame, watch, sys.stdout)
         ans = status_mod.answer(query)
@@ -203,6 +204,10 @@ def status(
         print(status_mod.render(ans, query, f"runs in {runs.paths.runs_dir()}"))
     if ans.problems:
         fail(ans.problems[0] + (f" (and {len(ans.problems) - 1} more unreadable runs)" if len(ans.problems) > 1 else ""))
+    if ans.unanswered:  # the table stands, from run.json and sacct; the scheduler's live view is missing
+        print(f"error: Slurm did not answer ({ans.unanswered}): states shown as last recorded; "
+              "check `squeue` and try again", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()

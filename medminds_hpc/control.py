@@ -76,6 +76,9 @@ def live_job_ids(run: runs.Run) -> list[str]:
     if executor != "slurm":
         return []
     known = status.scheduler_states(ids)
+    if status.UNANSWERED and any(j not in known for j in ids):
+        raise UserError(f"{run.id}: Slurm did not answer ({'; '.join(status.UNANSWERED)}); nothing was cancelled: "
+                        "try again when `squeue` answers")
     final = {runs.COMPLETED, runs.FAILED, runs.CANCELLED, "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
     # A job neither sacct nor squeue knows (yet) was just submitted, and a preempted or timed-out one may be on its
     # way back into the queue (requeue), unless the run itself has ended.

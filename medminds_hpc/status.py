@@ -46,8 +46,14 @@ def scheduler_states(job_ids: list[str]) -> dict[str, JobInfo]:
     return _scheduler(job_ids)[0]
 
 
+SQUEUE_TIMEOUT_S = 5.0  # squeue retries an unreachable controller for ~8 s; status and cancel answer within 10 s
+UNANSWERED: list[str] = []  # why the last scheduler query could not learn every job's state (empty: it could)
+
+
 def _scheduler(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool]:
-    """(scheduler_states, whether sacct answered): a job sacct does not know only counts as forgotten when it did."""
+    """(scheduler_states, whether sacct answered): a job sacct does not know only counts as forgotten when it did.
+    When squeue had to be asked and did not answer, UNANSWERED says why."""
+    UNANSWERED.clear()
     job_ids = [j for j in dict.fromkeys(job_ids) if j and re.fullmatch(r"\d+(_\d+)?", j)]
     if not job_ids:
         return {}, True
@@ -66,12 +72,21 @@ def _scheduler(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool]:
     missing = [j for j in job_ids if j not in out]
     if missing and shutil.which("squeue"):
         try:
-            squeue = subprocess.run(
+            proc = subprocess.run(
                 ["squeue", "-h", "-j", ",".join(sorted({j.split("_")[0] for j in missing}, key=int)), "-o", "%i|%T|%M|%N"],
-                capture_output=True, text=True, timeout=30,
-            ).stdout
-        except (subprocess.SubprocessError, OSError):
+                capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S,
+            )
+            squeue = proc.stdout
+            # squeue names ids it no longer knows "Invalid job id" (exit 1): an answer; anything else is not
+            failed = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and "Invalid job id" not in ln]
+            if proc.returncode != 0 and failed:
+                UNANSWERED.append(f"squeue: {failed[-1]}")
+        except subprocess.TimeoutExpired:
             squeue = ""
+            UNANSWERED.append(f"squeue gave no answer within {SQUEUE_TIMEOUT_S:g} s")
+        except (subprocess.SubprocessError, OSError) as e:
+            squeue = ""
+            UNANSWERED.append(f"squeue: {e}")
         for line in squeue.splitlines():
             parts = line.split("|")
             if len(parts) == 4:
@@ -336,6 +351,7 @@ class Answer:
     rows: list[RunStatus]
     total: int  # runs before the filters
     problems: list[str]
+    unanswered: str = ""  # Slurm did not answer for some jobs: their states are as last recorded
 
 
 def answer(query: Query, reuse: dict[str, Any] | None = None) -> Answer:
@@ -349,9 +365,10 @@ def answer(query: Query, reuse: dict[str, Any] | None = None) -> Answer:
     if query.experiment:
         selected = [r for r in selected if fnmatch.fnmatchcase(str(r.data.get("experiment", "")), query.experiment)]
     rows = collect(selected)
+    unanswered = "; ".join(UNANSWERED)
     if query.states:
         rows = [r for r in rows if r.state in query.states]
-    return Answer(rows, total, problems)
+    return Answer(rows, total, problems, unanswered)
 
 
 HEADERS = ("run", "state", "job", "elapsed", "GPU-h", "progress", "metric")

@@ -39,6 +39,34 @@ def test_one_sacct_call_and_squeue_for_what_sacct_does_not_show_yet(tmp_path, mo
     assert (bin_dir / "squeue.calls").read_text().split()[1:3] == ["-j", "13"]
 
 
+def script(bin_dir, name, body):
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_a_squeue_that_cannot_reach_the_controller_is_said_not_hidden(tmp_path, monkeypatch):
+    """sacct (slurmdbd) answers but does not know job 13; squeue must be asked: a controller that refuses, or one
+    that does not answer within the time limit, is reported; squeue's "Invalid job id" is an answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "sacct", "11|RUNNING|50|cpu=1|gpu001|0:0|x")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    script(bin_dir, "squeue", "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1")
+    assert set(status.scheduler_states(["11", "13"])) == {"11"}
+    assert status.UNANSWERED == ["squeue: slurm_load_jobs error: Unable to contact slurm controller (connect failure)"]
+    script(bin_dir, "squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
+    status.scheduler_states(["11", "13"])
+    assert status.UNANSWERED == []
+    script(bin_dir, "squeue", "exec sleep 5")
+    monkeypatch.setattr(status, "SQUEUE_TIMEOUT_S", 0.3)
+    start = time.monotonic()
+    status.scheduler_states(["11", "13"])
+    assert time.monotonic() - start < 3 and status.UNANSWERED == ["squeue gave no answer within 0.3 s"]
+    status.scheduler_states(["11"])  # sacct knew everything: squeue is not asked, nothing is missing
+    assert status.UNANSWERED == []
+
+
 def test_slurm_run_state_comes_from_the_scheduler_unless_the_job_recorded_an_end(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
