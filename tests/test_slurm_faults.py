@@ -1,5 +1,6 @@
-"""Against the real dev cluster with its controller stopped: `status`, `submit` and `cancel` each answer within
-10 s with one clear line and an exit code, never a traceback or a hang; the controller is started again after."""
+"""Faults on the real dev cluster. With its controller stopped, `status`, `submit` and `cancel` each answer within
+10 s with one clear line and an exit code, never a traceback or a hang. A worker killed with SIGKILL (no signal to
+catch, no requeue) resumes from its newest checkpoint when the same `submit` runs again."""
 
 from __future__ import annotations
 
@@ -66,3 +67,44 @@ def test_status_submit_and_cancel_answer_quickly_while_the_controller_is_down(jo
     finally:
         subprocess.run(["bash", str(ROOT / "slurm" / "dev-cluster" / "up.sh")], capture_output=True, timeout=120, check=True)
     assert run_cli("cancel", p.run_id).returncode == 0  # the controller is back: the same command now works
+
+
+def _worker_pids(job_id: str) -> list[int]:
+    """The job's Python processes (the stage, not slurmstepd), by SLURM_JOB_ID in their environment: this cluster's
+    nodes share one host, so `scontrol listpids` cannot tell them apart."""
+    wanted = f"SLURM_JOB_ID={job_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().startswith("python") and \
+                    wanted in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def test_a_worker_killed_without_a_signal_resumes_from_its_newest_checkpoint_when_resubmitted(jobs_dir):
+    """kill -9 gives the job no chance to save or requeue: Slurm ends it, and the same `submit` resumes the run from
+    the newest checkpoint on disk (saved every 5 steps), never from step 0, and ends with the uninterrupted value."""
+    from medminds_hpc import runs
+    from tests.helpers import step_reached, wait_for, wait_until_ended
+    from tests.stages.counter import expected_value
+
+    steps, every = 40, 5
+    write_job(jobs_dir, "walk", f'stage = "tests.stages.counter"\nneeds = []\n[params]\nsteps = {steps}\n'
+                                f'sleep_s = 0.25\ncheckpoint_every_steps = {every}\n')
+    (p,) = submit.submit("walk", opts(), say=quiet)
+    wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 12))
+    killed = _worker_pids(p.job_ids[0])
+    assert killed
+    reached = runs.get(p.run_id).data["progress"]["0"]["step"]
+    for pid in killed:
+        os.kill(pid, 9)
+    wait_for(p.run_id, {runs.FAILED, runs.CANCELLED}, timeout=120)
+    (again,) = submit.submit("walk", opts(), say=quiet)
+    assert again.run_id == p.run_id and again.job_ids != p.job_ids
+    result = wait_until_ended(p.run_id).result()
+    assert result["value"] == expected_value(steps) and result["steps"] == steps
+    # the newest checkpoint before the kill: at most one interval (plus the steps done while the kill landed) redone
+    assert 10 <= result["resumed_from"] <= reached + 2 and result["resumed_from"] % every == 0
