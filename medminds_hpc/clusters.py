@@ -74,7 +74,8 @@ class Resources:
     """What one job asks for; experiments set these per dataset size, the profile fills the rest."""
 
     gpu: str | None = field(default=None, metadata={"help": "GPU type of the profile, or 'none' for CPU only (a type ties an experiment to one cluster)"})
-    gpus: int = field(default=1, metadata={"help": "GPUs on the node"})
+    gpus: int = field(default=1, metadata={"help": "GPUs on each node; one task (one DDP rank) per GPU"})
+    nodes: int = field(default=1, metadata={"help": "nodes of the job; GPU jobs train with DDP across all nodes' GPUs"})
     min_gpu_memory_gb: int | None = field(default=None, metadata={
         "help": "memory each GPU needs, in GB: the profile's type for the size if it has enough, else its smallest that does (0: no need)"})
     time: str = field(default="01:00:00", metadata={"help": "wall time, Slurm format"})
@@ -173,6 +174,11 @@ class ClusterProfile:
                     gres = f"gpu:{g.gres}:{gpus}"
                 else:
                     constraint = g.constraint or g.gres
+        if res.nodes < 1:
+            problems.append(f"nodes must be at least 1, got {res.nodes}")
+        elif res.nodes > 1 and not gpu:
+            problems.append(f"nodes = {res.nodes} asks for a multi-node job but it has no GPU (one task per GPU): "
+                            f"set resources.gpu, or nodes = 1 for a CPU job")
         try:
             minutes = parse_time(res.time)
         except ValueError as e:
@@ -189,6 +195,7 @@ class ClusterProfile:
             partition=partition,
             gpu=gpu,
             gpus=gpus,
+            nodes=res.nodes,
             cpus=res.cpus or cpus,
             mem=res.mem or mem,
             time_min=minutes,
@@ -248,14 +255,25 @@ class JobResources:
     preemptible: bool = False
     setup: list[str] = field(default_factory=list)
     gpu_memory_gb: int | None = None  # memory of one GPU of the chosen type (None: CPU job or not stated)
+    nodes: int = 1
+
+    @property
+    def tasks_per_node(self) -> int:
+        """One task per GPU: each is one DDP rank with its own GPU (a CPU job is one task)."""
+        return max(1, self.gpus) if self.gpu else 1
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks train together (what the per-device batch is divided by)."""
+        return self.nodes * self.tasks_per_node
 
     def slurm_parameters(self) -> dict[str, Any]:
         """Keyword arguments for submitit.SlurmExecutor.update_parameters."""
         params: dict[str, Any] = {
             "partition": self.partition,
             "time": self.time_min,
-            "nodes": 1,
-            "ntasks_per_node": 1,
+            "nodes": self.nodes,
+            "ntasks_per_node": self.tasks_per_node,
             "cpus_per_task": self.cpus,
             "mem": self.mem,
             "signal_delay_s": self.signal_delay_s,
@@ -276,7 +294,8 @@ class JobResources:
 
     def summary(self) -> str:
         gpu = f"{self.gpus}x{self.gpu}" if self.gpu else "cpu"
-        return f"{gpu} {self.partition} {format_minutes(self.time_min)}"
+        nodes = f"{self.nodes} nodes x " if self.nodes > 1 else ""
+        return f"{nodes}{gpu} {self.partition} {format_minutes(self.time_min)}"
 
 
 def available_profiles() -> list[str]:

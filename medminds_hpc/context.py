@@ -7,6 +7,10 @@ A stage checkpoints in one of two ways (see the stage contract in `medminds_hpc/
   then `ctx.step_done(step, state_fn)` after every unit of work: it saves when a save is due (every N steps or
   M minutes) or when the job was asked to stop (preemption, approaching time-out), and in the latter case
   raises StopRequested after saving, so the job requeues and resumes from that step.
+
+In a job of several tasks (DDP ranks: `rank` of `world_size`), every rank runs the stage; only rank 0 writes
+(`is_rank_zero` guards every write made through the context), and the stop flag is agreed across ranks so that all
+of them save and stop at the same step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from medminds_hpc import fileio, paths, runs
+from medminds_hpc import distributed, fileio, paths, runs
 from medminds_hpc.training.checkpoint import Checkpoint, CheckpointStore
 
 
@@ -35,6 +39,8 @@ class StageContext:
     checkpoint_every_minutes: float = 20.0
     keep_checkpoints: int = 2
     is_rank_zero: bool = True
+    rank: int = 0
+    world_size: int = 1
     _last_progress: float = field(default=0.0, init=False)
     _last_save: float = field(default_factory=time.monotonic, init=False)
     _last_save_step: int = field(default=0, init=False)
@@ -104,11 +110,8 @@ class StageContext:
 
     def step_done(self, step: int, state: Callable[[], dict[str, Any]], total: int | None = None, **metrics: Any) -> None:
         """Call after every optimizer step: saves when due or asked to stop; raises StopRequested then."""
-        stop = self.stop_requested()
-        due = (
-            step - self._last_save_step >= self.checkpoint_every_steps
-            or time.monotonic() - self._last_save >= self.checkpoint_every_minutes * 60
-        )
+        stop, late = distributed.any_rank(self.stop_requested(), self.save_due_by_time())
+        due = step - self._last_save_step >= self.checkpoint_every_steps or late
         if stop or due:
             self.save(step, state())
         self.progress(step, total, **metrics)

@@ -5,6 +5,11 @@ valid checkpoint from disk, so a stale pickle cannot roll a run back. On USR2 (S
 time-out warning) the signal handler only sets a flag; the stage saves at its next step boundary, then the
 job requeues itself. Doing the save inside the handler hangs intermittently (locks held by the interrupted
 code), so it is never done there.
+
+A job of several tasks (one per GPU) joins one torch.distributed process group first (medminds_hpc/distributed.py):
+every rank runs the stage, only rank 0 writes run.json and requeues on a stop, the others just leave. A rank
+that dies alone makes the survivors' next collective fail; that is a fault like a preemption: the job requeues
+(counted in `requeues`, up to max_requeues) and resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import submitit
 
-from medminds_hpc import compat, config, runs
+from medminds_hpc import compat, config, distributed, runs
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.stages import get_stage
 
@@ -68,26 +73,41 @@ class StageJob(submitit.helpers.Checkpointable):
         env = _job_env()
         if env is not None:
             signal.signal(compat.usr_signal(env), self._on_signal)
+        ranks = distributed.export_env() if env is not None and env.num_tasks > 1 else distributed.Ranks()
         run = runs.load(self.run_dir)
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         job_id = job_id or (env.job_id if env is not None else None)
-        runs.record_attempt(run, job_id, self.shard)
+        if ranks.is_zero:
+            runs.record_attempt(run, job_id, self.shard)
         while True:
             try:
-                return self._run_stage(run, env)
+                distributed.init(ranks)
+                return self._run_stage(run, env, ranks)
             except StopRequested as stop:
                 log.warning("%s", stop)
                 if env is None or env.__class__.__name__ == "DebugJobEnvironment":
                     self._stop_signal = None  # in-process: resume at once from the checkpoint just written
                     continue
+                if not ranks.is_zero:
+                    sys.exit(0)  # rank 0 requeues the whole job; a failing exit here could end the step before it does
                 self._requeue_and_exit(run, env)
             except BaseException as e:
+                if ranks.distributed and distributed.peer_lost(e) and env is not None and not self._failed_elsewhere(run):
+                    log.error("rank %d of %d lost a peer (%s); requeuing the job", ranks.rank, ranks.world_size, e)
+                    self._requeue_and_exit(run, env, fault=f"{job_id}:{os.environ.get('SLURM_RESTART_COUNT', '0')}")
                 if not isinstance(e, SystemExit):
-                    message = f"{type(e).__name__}: {e}"
+                    message = f"{type(e).__name__}: {e}" + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "")
                     run.update(lambda d: d.update(state=runs.FAILED, error=message, traceback=traceback.format_exc()[-4000:]))
                 raise
+            finally:
+                distributed.shutdown()
 
-    def _run_stage(self, run: runs.Run, env: Any | None) -> dict[str, Any] | None:
+    @staticmethod
+    def _failed_elsewhere(run: runs.Run) -> bool:
+        """Another rank recorded a real error before dying: the collective's error is its echo, not a fault."""
+        return run.reload().state == runs.FAILED
+
+    def _run_stage(self, run: runs.Run, env: Any | None, ranks: distributed.Ranks) -> dict[str, Any] | None:
         record = run.reload().data
         stage = get_stage(record["stage"])
         cfg = config.build(stage.config_class(), record.get("params", {}), f"{run.path} params")
@@ -100,7 +120,9 @@ class StageJob(submitit.helpers.Checkpointable):
             checkpoint_every_steps=getattr(cfg, "checkpoint_every_steps", 200),
             checkpoint_every_minutes=getattr(cfg, "checkpoint_every_minutes", 20.0),
             keep_checkpoints=getattr(cfg, "keep_checkpoints", 2),
-            is_rank_zero=env is None or env.global_rank == 0,
+            is_rank_zero=ranks.is_zero,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
         )
         started = time.time()
         try:
@@ -119,18 +141,25 @@ class StageJob(submitit.helpers.Checkpointable):
             if isinstance(result, dict):
                 d.setdefault("results", {})[str(self.shard)] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
 
-        run.update(finish)
+        if ranks.is_zero:
+            run.update(finish)
         return result
 
-    def _requeue_and_exit(self, run: runs.Run, env: Any) -> None:
-        """Requeue this job (it resumes from the checkpoint just saved), or fail when requeued too often."""
+    def _requeue_and_exit(self, run: runs.Run, env: Any, fault: str | None = None) -> None:
+        """Requeue this job (it resumes from the checkpoint just saved), or fail when requeued too often.
+        `fault`: the start of the job that lost a rank; counted once however many surviving ranks report it."""
+        run.reload()
         limit = int(run.data.get("resources", {}).get("max_requeues", 20))
         if run.data.get("requeues", 0) >= limit:
-            message = f"requeued {limit} times (preemptions + time-outs); giving up. Raise max_requeues in the cluster profile to allow more."
+            message = f"requeued {limit} times (preemptions + time-outs + lost ranks); giving up. Raise max_requeues in the cluster profile to allow more."
             run.update(lambda d: d.update(state=runs.FAILED, error=message))
             raise RuntimeError(message)
 
         def mark(d: dict[str, Any]) -> None:
+            if fault is not None:
+                if fault in d.get("lost_rank_faults", []):
+                    return
+                d.setdefault("lost_rank_faults", []).append(fault)
             d["state"] = runs.REQUEUED
             d["requeues"] = d.get("requeues", 0) + 1
 

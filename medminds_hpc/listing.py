@@ -166,7 +166,7 @@ def render_detail(d: dict[str, Any], width: int) -> str:
         if "error" in r:
             refused.append(para(f"{size}: {r['error']}", "  "))
             continue
-        gpu = f"{r['gpus']}x{r['gpu']}" if r["gpu"] else "cpu"
+        gpu = (f"{r['nodes']} nodes x " if r.get("nodes", 1) > 1 else "") + (f"{r['gpus']}x{r['gpu']}" if r["gpu"] else "cpu")
         memory = f"{r['gpu_memory_gb']} GB" if r["gpu_memory_gb"] else ""
         rows.append([size, gpu, memory, r["partition"], clusters.format_minutes(r["time_min"]), str(r["cpus"]), r["mem"], asks])
     if rows:

@@ -102,6 +102,12 @@ def planned_run(resolved: experiments.Resolved, needs: dict[str, str], profile: 
     exp, dataset = resolved.experiment, resolved.dataset
     resources = clusters.job_resources(profile, dataset, exp.resources.get(dataset, {}), resolved.resource_overrides,
                                        where=f"experiment {exp.name} on cluster {profile.name} ({dataset})")
+    cfg = resolved.config
+    if resources.world_size > 1 and isinstance(getattr(cfg, "batch_size", None), int) and isinstance(getattr(cfg, "grad_accum", None), int):
+        from medminds_hpc.training.engine import per_device_batch  # imports no training library itself
+
+        per_device_batch(cfg.batch_size, cfg.grad_accum, resources.world_size,
+                         where=f"experiment {exp.name} ({dataset}, {resources.world_size} ranks: resources.nodes x gpus)")
     run_id = runs.make_run_id(exp.name, dataset, resolved.identity(needs))
     p = PlannedRun(resolved, resources, run_id, needs, None, "new", force=force)
     p.memory = memory.for_run(exp.name, run_id, exp.stage, resolved.params, resolved.model, resources.gpu,

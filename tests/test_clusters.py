@@ -232,3 +232,32 @@ def test_list_and_submit_layer_resources_through_one_function(jobs_dir, monkeypa
     (planned,) = submit.plan("count", submit_options())
     assert calls == ["micro", "mini", "mega", "micro"]
     assert row["resources"]["micro"] == planned.resources.summary() == "1xrtx8000 gpu-preempt 00:20:00"
+
+
+def test_one_task_per_gpu_and_nodes():
+    dev = clusters.load_profile("dev")
+    two = dev.resolve({"gpu": "a100", "gpus": 2})
+    assert (two.slurm_parameters()["nodes"], two.slurm_parameters()["ntasks_per_node"], two.world_size) == (1, 2, 2)
+    spread = dev.resolve({"gpu": "a100", "gpus": 1, "nodes": 2})
+    assert (spread.slurm_parameters()["nodes"], spread.slurm_parameters()["ntasks_per_node"], spread.world_size) == (2, 1, 2)
+    assert spread.summary() == "2 nodes x 1xa100 gpu-preempt 01:00:00" and "nodes" not in two.summary()
+    cpu = dev.resolve({"gpu": "none", "gpus": 2})
+    assert (cpu.slurm_parameters()["nodes"], cpu.slurm_parameters()["ntasks_per_node"], cpu.world_size) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("layer,needle", [
+    ({"gpu": "none", "nodes": 2}, "nodes = 2 asks for a multi-node job but it has no GPU"),
+    ({"gpu": "a100", "nodes": 0}, "nodes must be at least 1"),
+])
+def test_impossible_node_requests_are_refused(layer, needle):
+    with pytest.raises(UserError) as e:
+        clusters.load_profile("dev").resolve(layer, where="test")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_list_shows_nodes_when_more_than_one(jobs_dir):
+    from medminds_hpc import listing
+
+    write_job(jobs_dir, "wide", counter_job(resources='[resources.micro]\ngpu = "a100"\ngpus = 2\nnodes = 3'))
+    text = listing.render_detail(listing.detail("wide", clusters.load_profile("dev")), width=200)
+    assert "3 nodes x 2xa100" in text

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from medminds_hpc import distributed
 from medminds_hpc.errors import UserError
 from medminds_hpc.modeling import gpu
 from medminds_hpc.modeling import packaged
@@ -171,8 +172,9 @@ def plan_load(
     """Decide backend, source, device, quantization and precision for `spec` on this machine."""
     if quantize not in QUANTIZE_CHOICES:
         raise UserError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
-    if device is None:
-        device = "cuda" if gpu.cuda_available() else "cpu"
+    if device is None:  # a DDP rank uses the GPU of its local rank (Slurm shows every task all of the node's GPUs)
+        ranks = distributed.from_env()
+        device = ("cuda" if not ranks.distributed else f"cuda:{ranks.local_rank}") if gpu.cuda_available() else "cpu"
     device = str(device)
     on_cuda = device.startswith("cuda")
     if on_cuda and not gpu.cuda_available():

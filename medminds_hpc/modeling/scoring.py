@@ -10,7 +10,9 @@ All three go through `score_prompts`: right padding (a real token never sees a p
 depend on its batch), longest prompts first (similar lengths share a batch, so little padding, and an out-of-memory
 batch size fails on the first batch, not the last), results returned in the input order. The LM head is applied at
 the one position each row needs, not at every position (`logits_at`): for a 32,000-word vocabulary that is most of
-a small model's work and a (batch, length, 32,000) tensor of memory.
+a small model's work and a (batch, length, 32,000) tensor of memory. In a job of several DDP ranks every rank calls
+it: each scores rows[rank::world] and the scores are gathered back into input order, so every rank returns the
+same array as one process would.
 
     python benchmarks/nextword_vs_loglik.py --questions 300
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from medminds_hpc import distributed
 
 
 Progress = Callable[[int, int], None]
@@ -39,7 +43,18 @@ def score_prompts(score: Callable[[Any, Any, Any], Any], tokenizer: Any, texts: 
     """Stack `score(input_ids, attention_mask, last_index) -> (b, ...)` over right-padded batches of `texts`.
 
     Batches are formed longest-first and the rows put back in input order; `progress(done, total)` after each batch.
+    Under DDP each rank scores its share and all ranks get every row (call it on every rank).
     """
+    mine = distributed.my_share(len(texts))
+    if len(mine) == len(texts):
+        return _score_in_order(score, tokenizer, texts, device=device, batch_size=batch_size, max_length=max_length, progress=progress)
+    part = _score_in_order(score, tokenizer, [texts[i] for i in mine], device=device, batch_size=batch_size, max_length=max_length,
+                           progress=progress)
+    return distributed.gather_rows(part, len(texts))
+
+
+def _score_in_order(score: Callable[[Any, Any, Any], Any], tokenizer: Any, texts: Sequence[str], *, device: Any,
+                    batch_size: int, max_length: int, progress: Progress | None) -> np.ndarray:
     import torch
 
     from medminds_hpc.data import prompts

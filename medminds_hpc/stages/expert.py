@@ -172,19 +172,22 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     outcome = engine.train(ctx, plan)
 
     adapter_dir = artifacts.path(ctx.run, artifacts.ADAPTER)
-    fileio.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
+    if ctx.is_rank_zero:
+        fileio.replace_dir(adapter_dir, lambda tmp: model.save_pretrained(str(tmp)))
     started = time.time()
     model.eval()
     result, logprobs = validate(model, tokenizer, val_rows, cfg)
     eval_seconds = time.time() - started
-    metrics.write_predictions(ctx.run_dir, [r["id"] for r in val_rows], [r["subject"] for r in val_rows],
-                              [r["answer"] for r in val_rows], scores=logprobs, score_kind="logprob",
-                              choice_types=[r["choice_type"] for r in val_rows])
+    if ctx.is_rank_zero:
+        metrics.write_predictions(ctx.run_dir, [r["id"] for r in val_rows], [r["subject"] for r in val_rows],
+                                  [r["answer"] for r in val_rows], scores=logprobs, score_kind="logprob",
+                                  choice_types=[r["choice_type"] for r in val_rows])
     result.update(steps=outcome.steps, train_rows=len(train_rows), best=outcome.best, epochs=outcome.history,
                   task_accuracy=own_task_accuracy(model, tokenizer, holdout, cfg), holdout_rows=len(holdout),
                   sft_examples=sft_counts, adapter=str(adapter_dir), selection=cfg.selection,
                   dev_rows=len(holdout) if cfg.selection == "dev" else 0)
     ctx.write_metrics(result, train_seconds=outcome.train_seconds, eval_seconds=eval_seconds)
-    fileio.atomic_write_json(artifacts.path(ctx.run, artifacts.EXPERT_INFO), {"data": cfg.data, "model": ctx.model, "adapter": artifacts.ADAPTER})
+    if ctx.is_rank_zero:
+        fileio.atomic_write_json(artifacts.path(ctx.run, artifacts.EXPERT_INFO), {"data": cfg.data, "model": ctx.model, "adapter": artifacts.ADAPTER})
     return {"accuracy": result["accuracy"], "steps": outcome.steps}
 

@@ -8,7 +8,11 @@ What it adds to the Trainer:
 - saves every N steps or M minutes, whichever comes first;
 - per-epoch judging through the stage's own evaluate function (on the dev split or on validation, as
   `options.selection` says: see selection.py), keeping the best trainable weights;
-- step metrics in metrics.jsonl and progress in run.json.
+- step metrics in metrics.jsonl and progress in run.json;
+- DDP when the job has several ranks (medminds_hpc/distributed.py): the global batch stays `batch_size`
+  (per-device batch = batch_size / (grad_accum x world size)); the stop flag and the every-M-minutes save are
+  agreed across ranks at each step boundary, so all ranks save and stop at the same step; rank 0 commits a
+  checkpoint only once every rank's files (the Trainer's rng_state_<rank>.pth) are written.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from medminds_hpc import artifacts, compat, fileio
+from medminds_hpc import artifacts, compat, distributed, fileio
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.training.options import TrainOptions
 
@@ -100,6 +104,18 @@ def resolve_optimizer(name: str) -> str:
     return "adamw_torch"
 
 
+def per_device_batch(batch_size: int, grad_accum: int, world_size: int, where: str = "") -> int:
+    """The micro-batch each rank runs so that one optimizer step sees `batch_size` examples in all."""
+    from medminds_hpc.errors import UserError
+
+    share = max(1, grad_accum) * max(1, world_size)
+    if world_size > 1 and batch_size % share:
+        raise UserError(f"{where or 'training'}: batch_size = {batch_size} is not divisible by grad_accum x ranks = "
+                        f"{max(1, grad_accum)} x {world_size}; set -o batch_size to a multiple of {share}, or change grad_accum "
+                        f"or resources.gpus/nodes")
+    return max(1, batch_size // share)
+
+
 def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any = None, **extra: Any) -> Any:
     import dataclasses
 
@@ -110,7 +126,8 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
 
     args_class = args_class or TrainingArguments
     precision = pick_precision(options.precision)
-    micro_batch = max(1, options.batch_size // max(1, options.grad_accum))
+    world_size = distributed.from_env().world_size
+    micro_batch = per_device_batch(options.batch_size, options.grad_accum, world_size)
     # the Trainer turns it on in the model it trains; transformers < 5 calls the flag gradient_checkpointing
     checkpointing = checkpointing_wanted(options.gradient_checkpointing)
     flag = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(args_class)} else "gradient_checkpointing"
@@ -140,6 +157,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        ddp_backend=None if cuda_available() or world_size < 2 else "gloo",
+        ddp_timeout=distributed.DEFAULT_TIMEOUT_S,
+        average_tokens_across_devices=True,  # a token-mean loss over the global batch, as in one process
         **{flag: checkpointing, f"{flag}_kwargs": dict(NON_REENTRANT) if checkpointing else None},
     )
     kwargs.update(extra)
@@ -159,8 +179,10 @@ def resumable(trainer_class: Any, ctx: StageContext) -> Any:
     def after_checkpoint(trainer: Any) -> None:
         step = trainer.state.global_step
         written = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        distributed.barrier()  # every rank's RNG state is in `written` before rank 0 commits it
         if trainer.args.should_save and written.is_dir():
             ctx.checkpoints.commit(step, written, meta={"epoch": trainer.state.epoch})
+        distributed.barrier()  # and committed before any rank goes on (and, at the end, clears the staging)
         ctx.saved(step)
 
     def load_model(trainer: Any, checkpoint_dir: Path, model: Any) -> None:
@@ -182,11 +204,12 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
             ctx.progress(state.global_step, state.max_steps, epoch=round(state.epoch or 0.0, 4))
-            if ctx.stop_requested():
+            stop, late = distributed.any_rank(ctx.stop_requested(), ctx.save_due_by_time())  # the same on every rank
+            if stop:
                 self.stopped = True
                 control.should_save = True
                 control.should_training_stop = True
-            elif ctx.save_due_by_time():
+            elif late:
                 control.should_save = True
             return control
 
@@ -223,6 +246,7 @@ def _callback(ctx: StageContext, plan: TrainPlan, best_dir: Path) -> Any:
                 if plan.save_best is not None and ctx.is_rank_zero:
                     fileio.replace_dir(best_dir, lambda tmp: (plan.save_best(model, tmp), fileio.atomic_write_json(tmp / "best.json", self.best)))
                 ctx.record_best("accuracy", acc)
+            distributed.barrier()  # best/ is in place before any rank may read it back
 
     return StageCallback()
 
@@ -268,19 +292,21 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     from transformers import Trainer
 
     staging = ctx.checkpoints.root / ".trainer"
-    shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
+    if ctx.is_rank_zero:
+        shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
     args = training_arguments(plan.options, staging, plan.args_class, **plan.args_extra)
     callback = _callback(ctx, plan, artifacts.path(ctx.run, artifacts.BEST))
     trainer_cls = resumable(plan.trainer_class or Trainer, ctx)
     trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
                           callbacks=[callback, *plan.callbacks], **plan.trainer_extra)
     ckpt = ctx.resume()
-    if ckpt is not None:
+    if ckpt is not None and ctx.is_rank_zero:
         ctx.run.update(lambda d: d.setdefault("resumed_from_steps", []).append(ckpt.step))
     started = time.time()
     trainer.train(resume_from_checkpoint=str(ckpt.dir) if ckpt else None)
     total = _add_train_seconds(ctx, time.time() - started)
-    shutil.rmtree(staging, ignore_errors=True)
+    if ctx.is_rank_zero:
+        shutil.rmtree(staging, ignore_errors=True)
     if callback.stopped:
         raise StopRequested(f"stopped at step {trainer.state.global_step} after saving")
     return TrainOutcome(trainer.state.global_step, total, eval_history(ctx.run_dir), callback.best)
@@ -289,6 +315,8 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
 def _add_train_seconds(ctx: StageContext, seconds: float) -> float:
     """Training time summed over every attempt (requeues included), kept in run.json."""
     key = f"train_seconds_shard{ctx.shard}" if ctx.num_shards > 1 else "train_seconds"
+    if not ctx.is_rank_zero:
+        return round(ctx.run.reload().data.get(key, 0.0) + seconds, 3)
     data = ctx.run.update(lambda d: d.__setitem__(key, round(d.get(key, 0.0) + seconds, 3)))
     return data[key]
 
