@@ -279,6 +279,8 @@ class JobResources:
             "signal_delay_s": self.signal_delay_s,
             "stderr_to_stdout": True,
         }
+        if self.world_size > 1:  # a rank that dies alone must leave the others running: they requeue the job
+            params["srun_args"] = ["--kill-on-bad-exit=0"]
         if self.gres:
             params["gres"] = self.gres
         if self.constraint:

@@ -240,6 +240,7 @@ def test_one_task_per_gpu_and_nodes():
     assert (two.slurm_parameters()["nodes"], two.slurm_parameters()["ntasks_per_node"], two.world_size) == (1, 2, 2)
     spread = dev.resolve({"gpu": "a100", "gpus": 1, "nodes": 2})
     assert (spread.slurm_parameters()["nodes"], spread.slurm_parameters()["ntasks_per_node"], spread.world_size) == (2, 1, 2)
+    assert two.slurm_parameters()["srun_args"] == ["--kill-on-bad-exit=0"] and "srun_args" not in dev.resolve({"gpu": "a100"}).slurm_parameters()
     assert spread.summary() == "2 nodes x 1xa100 gpu-preempt 01:00:00" and "nodes" not in two.summary()
     cpu = dev.resolve({"gpu": "none", "gpus": 2})
     assert (cpu.slurm_parameters()["nodes"], cpu.slurm_parameters()["ntasks_per_node"], cpu.world_size) == (1, 1, 1)

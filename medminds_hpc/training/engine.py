@@ -300,6 +300,8 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     trainer = trainer_cls(model=plan.model, args=args, train_dataset=plan.train_dataset, data_collator=plan.collator,
                           callbacks=[callback, *plan.callbacks], **plan.trainer_extra)
     ckpt = ctx.resume()
+    if ckpt is not None:
+        print(f"resumed at step {ckpt.step} as rank {ctx.rank} of {ctx.world_size}", flush=True)
     if ckpt is not None and ctx.is_rank_zero:
         ctx.run.update(lambda d: d.setdefault("resumed_from_steps", []).append(ckpt.step))
     started = time.time()

@@ -1,0 +1,124 @@
+"""DDP on the real dev cluster (gloo on CPU, the nodes' fake GPUs): a classifier trained by 2 ranks, on one node or
+on two, ends with the weights of one process with the same global batch; a 2-rank job stopped by USR2 resumes on
+both ranks at the same step and ends equal to an uninterrupted 2-rank run; a rank killed alone requeues the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from medminds_hpc import runs, submit
+from medminds_hpc.data.prepare import prepare
+from tests.helpers import one_thread, run_job, step_reached, wait_for, write_job
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+
+# dropout off and plain AdamW: what differs between 1 and 2 ranks is then only the order of float sums
+PARAMS = dict(adapter="none", lora_dropout=0.0, learning_rate=1e-2, optimizer="adamw", batch_size=8, max_steps=6,
+              max_train_rows=64, eval_rows=24, checkpoint_every_steps=2, eval_batch_size=8, max_length=128, selection="validation")
+TOLERANCE = 1e-5
+
+
+def _toml(params: dict) -> str:
+    return "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in params.items())
+
+
+@pytest.fixture
+def ddp_job(jobs_dir, medminds_home, monkeypatch):
+    """Prepared micro data, the tiny model built once, and a classifier experiment `ddp-cls` on a100s."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    prepare("micro", source="synthetic", say=lambda *_: None)
+
+    def write(resources: str, **changes) -> str:
+        write_job(jobs_dir, "ddp-cls", f'stage = "baseline-classifier"\n[params]\n{_toml({**PARAMS, **changes})}\n'
+                                       f'[resources.micro]\ngpu = "a100"\npartition = "gpu-preempt"\n{resources}\n')
+        return "ddp-cls"
+
+    return write
+
+
+def _submit(name: str) -> submit.PlannedRun:
+    (p,) = submit.submit(name, submit.SubmitOptions(dataset="micro", cluster="dev", executor="slurm", model="tiny"), say=lambda _s: None)
+    return p
+
+
+def _weights(run: runs.Run) -> dict:
+    from safetensors.torch import load_file
+
+    from medminds_hpc import artifacts
+
+    folder = artifacts.path(run, artifacts.CLASSIFIER)
+    return {str(f.relative_to(folder)) + ":" + k: v for f in sorted(folder.rglob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def _max_difference(a: runs.Run, b: runs.Run) -> float:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and wa
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def _reference(**changes) -> runs.Run:
+    with one_thread():
+        return run_job("ddp-cls-micro-reference", "baseline-classifier", {**PARAMS, **changes})
+
+
+def _attempt_ranks(run_id: str) -> list[str]:
+    """The ranks that logged each start of the job, from its Slurm log (submitit names every task)."""
+    return sorted(p.name for p in (runs.get(run_id).dir / "logs").glob("*_log.out"))
+
+
+@pytest.mark.parametrize("resources", ["gpus = 2", "gpus = 1\nnodes = 2"], ids=["2-tasks-1-node", "2-nodes-1-task"])
+def test_two_ranks_train_the_weights_of_one_process(ddp_job, resources):
+    reference = _reference()
+    p = _submit(ddp_job(resources))
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
+    run = runs.get(p.run_id)
+    assert run.data["resources"]["nodes"] * max(1, run.data["resources"]["gpus"]) == 2
+    assert len(run.data["attempts"]) == 1  # rank 0 alone records the start
+    assert len(_attempt_ranks(p.run_id)) == 2  # but two tasks ran
+    difference = _max_difference(run, reference)
+    print(f"2 ranks ({resources!r}) vs 1 process: max |delta| of the trained weights = {difference:.3g}")
+    assert difference <= TOLERANCE
+    assert run.metrics()["steps"] == reference.metrics()["steps"] == PARAMS["max_steps"]
+    assert run.metrics()["n"] == reference.metrics()["n"] == PARAMS["eval_rows"]  # scored by 2 ranks, gathered
+
+
+def _rank_pid(job_id: str, rank: int) -> int | None:
+    """The pid of one rank's Python process (`scontrol listpids` does not work with several slurmd on one host)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank) and "submitit.core._submit" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def _steps_resumed(run: runs.Run) -> list[int]:
+    return run.data.get("resumed_from_steps", [])
+
+
+def test_a_stopped_two_rank_job_resumes_both_ranks_at_one_step_and_ends_as_if_uninterrupted(ddp_job, jobs_dir):
+    steps = dict(max_steps=30, checkpoint_every_steps=10)
+    ddp_job("gpus = 2", **steps)
+    (jobs_dir / "ddp-cls-again.toml").write_text((jobs_dir / "ddp-cls.toml").read_text().replace('gpu = "a100"', 'gpu = "v100"'))
+    stopped, uninterrupted = _submit("ddp-cls"), _submit("ddp-cls-again")
+    wait_for(stopped.run_id, {"RUNNING"}, timeout=180, also=lambda st: step_reached(stopped.run_id, 1))
+    subprocess.run(["scancel", "--signal=USR2", stopped.job_ids[0]], check=True)  # every task gets it, each at its moment
+    wait_for(stopped.run_id, {runs.COMPLETED}, timeout=400)
+    wait_for(uninterrupted.run_id, {runs.COMPLETED}, timeout=300)
+    run, reference = runs.get(stopped.run_id), runs.get(uninterrupted.run_id)
+    assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2
+    resumed = _steps_resumed(run)
+    assert resumed and 0 < resumed[0] < steps["max_steps"]
+    # both ranks resumed from that step: each rank's RNG state was committed with it, and both logged the resume
+    logs = "".join(p.read_text(errors="replace") for p in (run.dir / "logs").glob("*_log.*"))
+    assert logs.count(f"resumed at step {resumed[0]} as rank") == 2, logs[-3000:]
+    assert _max_difference(run, reference) == 0.0
