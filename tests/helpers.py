@@ -444,3 +444,14 @@ def prepare_rows(run_id: str, medmcqa_train: list[dict], medmcqa_validation: lis
             (source / sub).mkdir(parents=True, exist_ok=True)
             write_jsonl(source / sub / name, rows)
     return run_job(run_id, "prepare", {"source": str(source), "split": "first"}).id
+
+
+def any_gpu_profile(folder: Path) -> Path:
+    """The dev cluster's profile asking for GPUs by node feature, with a type `any` that all three nodes have: a job
+    of several nodes can only run here with it (each real GPU type of the dev cluster is on one node)."""
+    text = (ROOT / "slurm" / "dev.toml").read_text().replace('gpu_request = "gres"', 'gpu_request = "constraint"')
+    text += ('\n[gpus.any]\ngres = "gpu"\nconstraint = "a100|v100|rtx8000"\nper_node = 2\nmemory_gb = 32\ncpus = 1\n'
+             'mem = "500M"\npartitions = ["gpu", "gpu-preempt"]\n')
+    path = Path(folder) / "dev-any.toml"
+    path.write_text(text)
+    return path

@@ -14,7 +14,7 @@ import pytest
 
 from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
-from tests.helpers import one_thread, run_job, step_reached, wait_for, write_job
+from tests.helpers import any_gpu_profile, one_thread, run_job, step_reached, wait_for, write_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -34,16 +34,16 @@ def ddp_job(jobs_dir, medminds_home, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     prepare("micro", source="synthetic", say=lambda *_: None)
 
-    def write(resources: str, **changes) -> str:
-        write_job(jobs_dir, "ddp-cls", f'stage = "baseline-classifier"\n[params]\n{_toml({**PARAMS, **changes})}\n'
-                                       f'[resources.micro]\ngpu = "a100"\npartition = "gpu-preempt"\n{resources}\n')
-        return "ddp-cls"
+    def write(resources: str, name: str = "ddp-cls", **changes) -> str:
+        write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{_toml({**PARAMS, **changes})}\n'
+                                  f'[resources.micro]\npartition = "gpu-preempt"\n{resources}\n')
+        return name
 
     return write
 
 
-def _submit(name: str) -> submit.PlannedRun:
-    (p,) = submit.submit(name, submit.SubmitOptions(dataset="micro", cluster="dev", executor="slurm", model="tiny"), say=lambda _s: None)
+def _submit(name: str, cluster: str = "dev") -> submit.PlannedRun:
+    (p,) = submit.submit(name, submit.SubmitOptions(dataset="micro", cluster=cluster, executor="slurm", model="tiny"), say=lambda _s: None)
     return p
 
 
@@ -72,10 +72,10 @@ def _attempt_ranks(run_id: str) -> list[str]:
     return sorted(p.name for p in (runs.get(run_id).dir / "logs").glob("*_log.out"))
 
 
-@pytest.mark.parametrize("resources", ["gpus = 2", "gpus = 1\nnodes = 2"], ids=["2-tasks-1-node", "2-nodes-1-task"])
-def test_two_ranks_train_the_weights_of_one_process(ddp_job, resources):
+@pytest.mark.parametrize("resources", ['gpu = "a100"\ngpus = 2', 'gpu = "any"\ngpus = 1\nnodes = 2'], ids=["2-tasks-1-node", "2-nodes-1-task"])
+def test_two_ranks_train_the_weights_of_one_process(ddp_job, resources, tmp_path):
     reference = _reference()
-    p = _submit(ddp_job(resources))
+    p = _submit(ddp_job(resources), cluster=str(any_gpu_profile(tmp_path)) if "any" in resources else "dev")
     wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
     run = runs.get(p.run_id)
     assert run.data["resources"]["nodes"] * max(1, run.data["resources"]["gpus"]) == 2
@@ -107,8 +107,8 @@ def _steps_resumed(run: runs.Run) -> list[int]:
 
 def test_a_stopped_two_rank_job_resumes_both_ranks_at_one_step_and_ends_as_if_uninterrupted(ddp_job, jobs_dir):
     steps = dict(max_steps=30, checkpoint_every_steps=10)
-    ddp_job("gpus = 2", **steps)
-    (jobs_dir / "ddp-cls-again.toml").write_text((jobs_dir / "ddp-cls.toml").read_text().replace('gpu = "a100"', 'gpu = "v100"'))
+    ddp_job('gpu = "a100"\ngpus = 2', **steps)
+    ddp_job('gpu = "v100"\ngpus = 2', name="ddp-cls-again", **steps)  # the same training, beside it on another node
     stopped, uninterrupted = _submit("ddp-cls"), _submit("ddp-cls-again")
     wait_for(stopped.run_id, {"RUNNING"}, timeout=180, also=lambda st: step_reached(stopped.run_id, 1))
     subprocess.run(["scancel", "--signal=USR2", stopped.job_ids[0]], check=True)  # every task gets it, each at its moment
