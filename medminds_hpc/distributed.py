@@ -96,14 +96,16 @@ def init(ranks: Ranks, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
 
 
 def active() -> bool:
-    """Whether this process is in a process group of more than one rank."""
-    import sys
+    """Whether this process is one of several ranks, joining their process group on first use.
 
-    if "torch" not in sys.modules:
+    The group starts when first needed (training, or sharded scoring), after the stage has loaded its model:
+    under a process group transformers' save_pretrained writes nothing on ranks other than 0, which would leave a
+    model cache that a rank builds (the tiny models) without weights."""
+    ranks = from_env()
+    if not ranks.distributed:
         return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    init(ranks)
+    return True
 
 
 def _device() -> Any:
@@ -179,7 +181,10 @@ def peer_lost(error: BaseException) -> bool:
 
 def shutdown() -> None:
     """Leave the process group (at the end of a job; a requeued start joins a fresh one)."""
-    if active():
+    import sys
+
+    if "torch" in sys.modules:
         import torch.distributed as dist
 
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -6,7 +6,7 @@ time-out warning) the signal handler only sets a flag; the stage saves at its ne
 job requeues itself. Doing the save inside the handler hangs intermittently (locks held by the interrupted
 code), so it is never done there.
 
-A job of several tasks (one per GPU) joins one torch.distributed process group first (medminds_hpc/distributed.py):
+A job of several tasks (one per GPU) is one torch.distributed process group (medminds_hpc/distributed.py):
 every rank runs the stage, only rank 0 writes run.json and requeues on a stop, the others just leave. A rank
 that dies alone makes the survivors' next collective fail; that is a fault like a preemption: the job requeues
 (counted in `requeues`, up to max_requeues) and resumes from the newest checkpoint.
@@ -81,7 +81,6 @@ class StageJob(submitit.helpers.Checkpointable):
             runs.record_attempt(run, job_id, self.shard)
         while True:
             try:
-                distributed.init(ranks)
                 return self._run_stage(run, env, ranks)
             except StopRequested as stop:
                 log.warning("%s", stop)

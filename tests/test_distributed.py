@@ -57,11 +57,11 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, out: "multiprocessing.Queue") -> None:
     """One rank: joins the group, scores its share of the questions, agrees on a flag only rank 1 raised."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     import torch
 
     torch.set_num_threads(1)
-    distributed.init(distributed.Ranks(rank, world, rank), timeout_s=60)
     from medminds_hpc.data import synthetic
     from medminds_hpc.modeling.loading import load_model
     from medminds_hpc.modeling.scoring import letter_logprobs

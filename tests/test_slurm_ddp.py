@@ -122,3 +122,17 @@ def test_a_stopped_two_rank_job_resumes_both_ranks_at_one_step_and_ends_as_if_un
     logs = "".join(p.read_text(errors="replace") for p in (run.dir / "logs").glob("*_log.*"))
     assert logs.count(f"resumed at step {resumed[0]} as rank") == 2, logs[-3000:]
     assert _max_difference(run, reference) == 0.0
+
+
+def test_a_rank_killed_alone_requeues_the_job_which_then_finishes(ddp_job):
+    p = _submit(ddp_job('gpu = "a100"\ngpus = 2', max_steps=30, checkpoint_every_steps=5))
+    wait_for(p.run_id, {"RUNNING"}, timeout=180, also=lambda st: step_reached(p.run_id, 1))
+    deadline = time.time() + 30
+    while (pid := _rank_pid(p.job_ids[0], 1)) is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # no signal handler, no grace: rank 0 learns it from its next all-reduce
+    wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
+    run = runs.get(p.run_id)
+    assert run.data["requeues"] == 1 and len(run.data["lost_rank_faults"]) == 1 and len(run.data["attempts"]) == 2
+    assert run.metrics()["steps"] == 30

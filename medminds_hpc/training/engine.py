@@ -291,6 +291,7 @@ def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
 def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     from transformers import Trainer
 
+    distributed.active()  # several ranks: join their group now, with its bounded timeout, before the Trainer does
     staging = ctx.checkpoints.root / ".trainer"
     if ctx.is_rank_zero:
         shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
