@@ -140,7 +140,7 @@ def test_usr2_signal_checkpoints_requeues_and_resumes(jobs_dir):
 
 def test_partition_preemption_resumes(jobs_dir):
     steps = 60
-    write_job(jobs_dir, "victim", counter_job(steps=steps, sleep_s=0.25, resources='[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"'))
+    write_job(jobs_dir, "victim", counter_job(steps=steps, sleep_s=0.25, resources='[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"'))
     (p,) = submit.submit("victim", opts(), say=quiet)
     wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 1))
     time.sleep(1.0)

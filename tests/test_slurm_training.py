@@ -28,7 +28,7 @@ def expert_job(jobs_dir, medminds_home, monkeypatch):
     prepare("micro", source="synthetic", say=lambda *_: None)
     cfg = small(**PARAMS)
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-    write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + "\n".join(lines) + '\n[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"\n')
+    write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + "\n".join(lines) + '\n[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"\n')
     with one_thread():
         reference = run_stage("expert-task-micro-reference", cfg)
     return reference, runs.get("expert-task-micro-reference")
