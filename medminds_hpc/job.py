@@ -91,10 +91,12 @@ class StageJob(submitit.helpers.Checkpointable):
                     sys.exit(0)  # rank 0 requeues the whole job; a failing exit here could end the step before it does
                 self._requeue_and_exit(run, env)
             except BaseException as e:
-                if ranks.distributed and distributed.peer_lost(e) and env is not None and not self._failed_elsewhere(run):
+                lost = ranks.distributed and distributed.peer_lost(e)
+                echo = lost and self._failed_elsewhere(run)  # the rank that failed recorded why; keep its reason
+                if lost and not echo and env is not None:
                     log.error("rank %d of %d lost a peer (%s); requeuing the job", ranks.rank, ranks.world_size, e)
                     self._requeue_and_exit(run, env, fault=f"{job_id}:{os.environ.get('SLURM_RESTART_COUNT', '0')}")
-                if not isinstance(e, SystemExit):
+                if not isinstance(e, SystemExit) and not echo:
                     message = f"{type(e).__name__}: {e}" + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "")
                     run.update(lambda d: d.update(state=runs.FAILED, error=message, traceback=traceback.format_exc()[-4000:]))
                 raise

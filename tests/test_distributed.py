@@ -99,3 +99,12 @@ def test_sharded_scoring_in_a_two_rank_gloo_group_equals_one_process(monkeypatch
         assert share == (4 if rank == 0 else 3)
         assert scores.shape == (7, 4)
         np.testing.assert_allclose(scores, want, rtol=0, atol=1e-5)
+
+
+def test_a_lost_peer_is_told_from_other_errors():
+    import torch  # noqa: F401  (peer_lost answers only once torch is loaded, as in a job of several ranks)
+
+    gloo = "[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:33198"
+    assert distributed.peer_lost(RuntimeError(gloo))
+    assert not distributed.peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not distributed.peer_lost(ValueError(gloo))

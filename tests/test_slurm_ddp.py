@@ -72,20 +72,24 @@ def _attempt_ranks(run_id: str) -> list[str]:
     return sorted(p.name for p in (runs.get(run_id).dir / "logs").glob("*_log.out"))
 
 
-@pytest.mark.parametrize("resources", ['gpu = "a100"\ngpus = 2', 'gpu = "any"\ngpus = 1\nnodes = 2'], ids=["2-tasks-1-node", "2-nodes-1-task"])
-def test_two_ranks_train_the_weights_of_one_process(ddp_job, resources, tmp_path):
-    reference = _reference()
-    p = _submit(ddp_job(resources), cluster=str(any_gpu_profile(tmp_path)) if "any" in resources else "dev")
+def _assert_like_one_process(run: runs.Run, reference: runs.Run, what: str) -> None:
+    """Two ranks (one start, two tasks) ended with the weights and the counts of one process."""
+    assert run.data["resources"]["nodes"] * max(1, run.data["resources"]["gpus"]) == 2
+    assert len(_attempt_ranks(run.id)) == 2  # two tasks ran (rank 0 alone records each start in run.json)
+    difference = _max_difference(run, reference)
+    print(f"{what} vs 1 process: max |delta| of the trained weights = {difference:.3g}")
+    assert difference <= TOLERANCE
+    assert run.metrics()["steps"] == reference.metrics()["steps"]
+    assert run.metrics()["n"] == reference.metrics()["n"] == PARAMS["eval_rows"]  # scored by 2 ranks, gathered
+
+
+def test_two_nodes_of_one_rank_train_the_weights_of_one_process(ddp_job, tmp_path):
+    p = _submit(ddp_job('gpu = "any"\ngpus = 1\nnodes = 2'), cluster=str(any_gpu_profile(tmp_path)))
+    reference = _reference()  # in this process while the job starts
     wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
     run = runs.get(p.run_id)
-    assert run.data["resources"]["nodes"] * max(1, run.data["resources"]["gpus"]) == 2
-    assert len(run.data["attempts"]) == 1  # rank 0 alone records the start
-    assert len(_attempt_ranks(p.run_id)) == 2  # but two tasks ran
-    difference = _max_difference(run, reference)
-    print(f"2 ranks ({resources!r}) vs 1 process: max |delta| of the trained weights = {difference:.3g}")
-    assert difference <= TOLERANCE
-    assert run.metrics()["steps"] == reference.metrics()["steps"] == PARAMS["max_steps"]
-    assert run.metrics()["n"] == reference.metrics()["n"] == PARAMS["eval_rows"]  # scored by 2 ranks, gathered
+    assert len(run.data["attempts"]) == 1 and run.data["resources"]["nodes"] == 2
+    _assert_like_one_process(run, reference, "2 nodes x 1 rank")
 
 
 def _rank_pid(job_id: str, rank: int) -> int | None:
@@ -105,16 +109,20 @@ def _steps_resumed(run: runs.Run) -> list[int]:
     return run.data.get("resumed_from_steps", [])
 
 
-def test_a_stopped_two_rank_job_resumes_both_ranks_at_one_step_and_ends_as_if_uninterrupted(ddp_job, jobs_dir):
+def test_two_ranks_on_one_node_train_like_one_process_and_resume_both_at_one_step_when_stopped(ddp_job):
+    """Two 2-rank runs side by side, one stopped by USR2: the uninterrupted one ends with the weights of one process,
+    the stopped one resumes both ranks at the same step and ends equal to the uninterrupted one."""
     steps = dict(max_steps=30, checkpoint_every_steps=10)
     ddp_job('gpu = "a100"\ngpus = 2', **steps)
     ddp_job('gpu = "v100"\ngpus = 2', name="ddp-cls-again", **steps)  # the same training, beside it on another node
     stopped, uninterrupted = _submit("ddp-cls"), _submit("ddp-cls-again")
     wait_for(stopped.run_id, {"RUNNING"}, timeout=180, also=lambda st: step_reached(stopped.run_id, 1))
     subprocess.run(["scancel", "--signal=USR2", stopped.job_ids[0]], check=True)  # every task gets it, each at its moment
+    one_process = _reference(**steps)  # in this process while the jobs run
     wait_for(stopped.run_id, {runs.COMPLETED}, timeout=400)
     wait_for(uninterrupted.run_id, {runs.COMPLETED}, timeout=300)
     run, reference = runs.get(stopped.run_id), runs.get(uninterrupted.run_id)
+    _assert_like_one_process(reference, one_process, "2 ranks on one node")
     assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2
     resumed = _steps_resumed(run)
     assert resumed and 0 < resumed[0] < steps["max_steps"]
@@ -126,7 +134,8 @@ def test_a_stopped_two_rank_job_resumes_both_ranks_at_one_step_and_ends_as_if_un
 
 def test_a_rank_killed_alone_requeues_the_job_which_then_finishes(ddp_job):
     p = _submit(ddp_job('gpu = "a100"\ngpus = 2', max_steps=30, checkpoint_every_steps=5))
-    wait_for(p.run_id, {"RUNNING"}, timeout=180, also=lambda st: step_reached(p.run_id, 1))
+    checkpoints = runs.get(p.run_id).checkpoint_dir
+    wait_for(p.run_id, {"RUNNING"}, timeout=180, also=lambda st: any(checkpoints.glob("step-*")))
     deadline = time.time() + 30
     while (pid := _rank_pid(p.job_ids[0], 1)) is None and time.time() < deadline:
         time.sleep(0.2)
@@ -136,3 +145,4 @@ def test_a_rank_killed_alone_requeues_the_job_which_then_finishes(ddp_job):
     run = runs.get(p.run_id)
     assert run.data["requeues"] == 1 and len(run.data["lost_rank_faults"]) == 1 and len(run.data["attempts"]) == 2
     assert run.metrics()["steps"] == 30
+    assert run.data["resumed_from_steps"][0] >= 5  # from its checkpoint, not from step 0
