@@ -24,6 +24,7 @@ import submitit
 from medminds_hpc import compat, config, runs
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.stages import get_stage
+from medminds_hpc.training import checkpoint
 
 log = logging.getLogger("medminds.job")
 
@@ -83,7 +84,7 @@ class StageJob(submitit.helpers.Checkpointable):
                 self._requeue_and_exit(run, env)
             except BaseException as e:
                 if not isinstance(e, SystemExit):
-                    message = f"{type(e).__name__}: {e}"
+                    message = checkpoint.failure_reason(e, run.checkpoint_dir) or f"{type(e).__name__}: {e}"
                     run.update(lambda d: d.update(state=runs.FAILED, error=message, traceback=traceback.format_exc()[-4000:]))
                 raise
 

@@ -444,3 +444,28 @@ def prepare_rows(run_id: str, medmcqa_train: list[dict], medmcqa_validation: lis
             (source / sub).mkdir(parents=True, exist_ok=True)
             write_jsonl(source / sub / name, rows)
     return run_job(run_id, "prepare", {"source": str(source), "split": "first"}).id
+
+
+# a small filesystem that fills up -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path, size: str = "256k") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount_point` for the block (root only: skipped with the reason otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill up needs root (CI runs the tests as root)")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write zeros into `directory`/filler until its filesystem has no space left; returns the file (delete it
+    to free the space again)."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while f.write(b"\0" * 4096):
+                pass
+    return filler

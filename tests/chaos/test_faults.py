@@ -14,7 +14,7 @@ import pytest
 from medminds_hpc import submit
 from tests.helpers import ROOT, counter_job, quiet, run_cli, slurm_options as opts, write_job
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 CLUSTER_DIR = Path(os.environ.get("MEDMINDS_SLURM_DIR", "/var/lib/medminds-dev"))
 
