@@ -4,13 +4,14 @@ tiny experts, and waiting on the dev Slurm cluster."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -469,3 +470,163 @@ def fill_up(directory: Path) -> Path:
             while f.write(b"\0" * 4096):
                 pass
     return filler
+
+
+# chaos scenarios on the dev cluster (tests/chaos and benchmarks/chaos.py) -----------------------------------------
+CHAOS_EVERY = 5  # the counter's checkpoint interval in the chaos scenarios, in steps
+
+
+@dataclasses.dataclass
+class ChaosOutcome:
+    """What one scenario did and how its run ended, against the uninterrupted reference."""
+
+    scenario: str
+    faults: int  # faults injected
+    runs: int  # runs that had to finish
+    equal: int  # runs that finished with the reference's result (value, or metrics and weights)
+    redone: list[int]  # steps done twice per fault (0: resumed exactly where the fault stopped it)
+    interval: int  # the checkpoint interval those steps compare with
+    lost: int  # steps missing from the runs' results (must be 0)
+    seconds: float = 0.0
+    checks: dict[str, bool] = dataclasses.field(default_factory=dict)  # the scenario's own assertions, by name
+    notes: list[str] = dataclasses.field(default_factory=list)  # where each fault landed, the error recorded
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Environment variables for the block (a job submitted inside keeps them across requeues)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def chaos_counter(jobs_dir: Path, name: str, steps: int, sleep_s: float = 0.25, resources: str = "") -> str:
+    """A counter experiment logging every step, checkpointing every CHAOS_EVERY steps, with an id no other run on
+    the shared cluster has (its job name); returns its name."""
+    import uuid
+
+    params = f'marker = "{uuid.uuid4().hex}"\nlog_steps = true\ncheckpoint_every_steps = {CHAOS_EVERY}\n'
+    write_job(jobs_dir, name, counter_job(steps=steps, sleep_s=sleep_s, resources=params + resources))
+    return name
+
+
+PREEMPTIBLE_A100S = '[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"'
+
+
+def step_sequence(run: runs.Run, timed: bool = False) -> list[Any]:
+    """The steps a run's attempts did, in order, from metrics.jsonl (the engine's and the counter's per-step
+    records; loss and evaluation records left out); timed: (step, time) pairs."""
+    from medminds_hpc import fileio
+
+    plain = {"time", "shard", "step", "epoch", "value"}
+    records = [r for r in fileio.read_jsonl(run.dir / runs.METRICS_LOG) if "step" in r and not r.get("eval") and set(r) <= plain]
+    return [(r["step"], r["time"]) if timed else r["step"] for r in records]
+
+
+def last_step(run_id: str) -> int:
+    """The newest step the run's job has done (metrics.jsonl is appended every step; run.json only every 10 s)."""
+    done = step_sequence(runs.get(run_id))
+    return done[-1] if done else 0
+
+
+def steps_redone(run: runs.Run, faults: int) -> list[int]:
+    """Steps done twice per fault: where an attempt started at or below the step the previous one reached.
+    A fault after which the run went on from the very next step counts 0."""
+    redone, reached, last_at = [], 0, 0.0
+    for step, at in step_sequence(run, timed=True):
+        if step < reached or (step == reached and at - last_at > 1.0):  # a stop logs its step twice, at once
+            redone.append(reached - step + 1)
+        reached, last_at = max(reached, step), at
+    return redone + [0] * max(0, faults - len(redone))
+
+
+def counter_outcome(scenario: str, planned: list[Any], steps: int, reference: int, faults: int, started: float) -> ChaosOutcome:
+    """Wait for every run of `planned` to end; compare each with the uninterrupted value `reference`."""
+    ended = [runs.get(p.run_id) for p in planned]
+    for p in planned:
+        wait_for(p.run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
+    ended = [r.reload() for r in ended]
+    results = [r.result() or {} for r in ended]
+    return ChaosOutcome(
+        scenario, faults, len(ended),
+        equal=sum(r.state == runs.COMPLETED and res.get("value") == reference for r, res in zip(ended, results)),
+        redone=[n for r in ended for n in steps_redone(r, faults if len(ended) == 1 else 0)],
+        interval=CHAOS_EVERY, lost=sum(steps - int(res.get("steps", 0)) for res in results),
+        seconds=round(time.time() - started, 1))
+
+
+def counter_reference(steps: int) -> int:
+    """The uninterrupted counter run's value, run in this process through the job's entry point (sleep_s only
+    paces the steps: 0 here)."""
+    import uuid
+
+    run = run_job(f"reference-micro-{uuid.uuid4().hex[:8]}", "tests.stages.counter",
+                  {"steps": steps, "sleep_s": 0.0, "checkpoint_every_steps": CHAOS_EVERY})
+    assert run.state == runs.COMPLETED, run.data.get("error")
+    return run.result()["value"]
+
+
+def preempt_now(run_id: str, hold_s: float = 2) -> str:
+    """Take the a100 node from the run's job (partition priority) and wait until the job has stopped for it."""
+    before = runs.get(run_id).data.get("requeues", 0)
+    t0 = time.time()
+    hog = preempt_victim_node(hold_s)
+    deadline = time.time() + 60
+    while runs.get(run_id).data.get("requeues", 0) <= before:
+        assert time.time() < deadline, f"{run_id}: not preempted within 60 s by job {hog}"
+        time.sleep(0.1)
+    print(f"preempted in {time.time() - t0:.1f}s", file=sys.stderr)
+    return hog
+
+
+def saving_now(run: runs.Run, at_least: int) -> int | None:
+    """The step of a checkpoint (>= at_least) the run is writing now (its staging folder exists, not yet renamed)."""
+    import re
+
+    root = run.checkpoint_dir
+    staged = [*root.glob(".trainer/checkpoint-*"), *root.glob(".tmp-step-*")] if root.is_dir() else []
+    steps = [int(m.group(1)) for p in staged if (m := re.search(r"(?:checkpoint-|tmp-step-)(\d+)", p.name))]
+    return next((s for s in sorted(steps) if s >= at_least), None)
+
+
+def chaos_preemptions(jobs_dir: Path, rng: Any, k: int, reference: Callable[[int], int], aim_at_save: bool = True,
+                      save_delay_s: float = 6.0) -> ChaosOutcome:
+    """K preemptions of one run at random steps, 15 steps apart at most (Slurm takes ~3 s = ~12 steps to stop the
+    job); with aim_at_save the last one while a checkpoint is being written: that save, past every other fault,
+    is made slow (checkpoint.SLOW_SAVE_ENV) for longer than the preemption takes to arrive."""
+    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
+
+    started = time.time()
+    slow = 15 * (k - 1) + 30
+    steps = slow + 2 * CHAOS_EVERY
+    name = chaos_counter(jobs_dir, f"preempted-{rng.randrange(10**6)}", steps, resources=PREEMPTIBLE_A100S)
+    at = [2 + 15 * i + rng.randrange(10) for i in range(k - 1 if aim_at_save else k)]
+    with environ(**({SLOW_SAVE_ENV: f"{slow}:{save_delay_s}"} if aim_at_save else {})):
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    stops: list[int] = []
+    notes: list[str] = []
+    for i in range(k):
+        wait_for_attempt(p.run_id, i + 1, timeout=240)
+        if i < len(at):
+            wait_for(p.run_id, {"RUNNING"}, timeout=240, also=lambda st: last_step(p.run_id) >= at[i])
+        else:
+            deadline = time.time() + 120
+            while (saving := saving_now(runs.get(p.run_id), slow)) is None:
+                assert time.time() < deadline, f"{p.run_id}: no save of a step >= {slow} seen within 120 s"
+                time.sleep(0.02)
+        preempt_now(p.run_id)
+        stopped = runs.get(p.run_id).data["progress"]["0"]["step"]  # written at the stop, before the requeue
+        stops.append(stopped)
+        notes.append(f"stopped at step {stopped}" + ("" if i < len(at) else f" (aimed at the save of step {saving})"))
+    outcome = counter_outcome("preemptions", [p], steps, reference(steps), k, started)
+    outcome.notes += notes
+    if aim_at_save:  # the stop flag came while step N's save ran: seen at the next step boundary, N + 1
+        outcome.checks["a preemption landed during a save"] = stops[-1] == saving + 1
+    return outcome
