@@ -539,20 +539,19 @@ def last_step(run_id: str) -> int:
 def steps_redone(run: runs.Run, faults: int) -> list[int]:
     """Steps done twice per fault: where an attempt started at or below the step the previous one reached.
     A fault after which the run went on from the very next step counts 0."""
-    redone, reached, last_at = [], 0, 0.0
+    redone, last, last_at = [], 0, 0.0
     for step, at in step_sequence(run, timed=True):
-        if step < reached or (step == reached and at - last_at > 1.0):  # a stop logs its step twice, at once
-            redone.append(reached - step + 1)
-        reached, last_at = max(reached, step), at
+        if step < last or (step == last and at - last_at > 1.0):  # a stop logs its step twice, at once
+            redone.append(last - step + 1)
+        last, last_at = step, at
     return redone + [0] * max(0, faults - len(redone))
 
 
-def counter_outcome(scenario: str, planned: list[Any], steps: int, reference: int, faults: int, started: float) -> ChaosOutcome:
-    """Wait for every run of `planned` to end; compare each with the uninterrupted value `reference`."""
-    ended = [runs.get(p.run_id) for p in planned]
-    for p in planned:
-        wait_for(p.run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
-    ended = [r.reload() for r in ended]
+def counter_outcome(scenario: str, run_ids: list[str], steps: int, reference: int, faults: int, started: float) -> ChaosOutcome:
+    """Wait for every run to end; compare each with the uninterrupted value `reference`."""
+    for run_id in run_ids:
+        wait_for(run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
+    ended = [runs.get(run_id) for run_id in run_ids]
     results = [r.result() or {} for r in ended]
     return ChaosOutcome(
         scenario, faults, len(ended),
@@ -625,8 +624,103 @@ def chaos_preemptions(jobs_dir: Path, rng: Any, k: int, reference: Callable[[int
         stopped = runs.get(p.run_id).data["progress"]["0"]["step"]  # written at the stop, before the requeue
         stops.append(stopped)
         notes.append(f"stopped at step {stopped}" + ("" if i < len(at) else f" (aimed at the save of step {saving})"))
-    outcome = counter_outcome("preemptions", [p], steps, reference(steps), k, started)
+    outcome = counter_outcome("preemptions", [p.run_id], steps, reference(steps), k, started)
     outcome.notes += notes
     if aim_at_save:  # the stop flag came while step N's save ran: seen at the next step boundary, N + 1
         outcome.checks["a preemption landed during a save"] = stops[-1] == saving + 1
+    return outcome
+
+
+def chaos_time_outs(jobs_dir: Path, rng: Any, reference: Callable[[int], int], profiles: Path,
+                    signal_delay_s: int = 45) -> ChaosOutcome:
+    """A run longer than its 1-minute limit: with USR2 `signal_delay_s` before the limit (a copy of the dev profile
+    saying so, in `profiles`) each allocation does ~15 s of work, so the run times out several times and finishes."""
+    started = time.time()
+    profiles.mkdir(parents=True, exist_ok=True)
+    dev = (ROOT / "slurm" / "dev.toml").read_text()
+    (profiles / "dev.toml").write_text(dev.replace("signal_delay_s = 30", f"signal_delay_s = {signal_delay_s}"))
+    steps = 120 + rng.randrange(20)
+    name = chaos_counter(jobs_dir, f"timed-{rng.randrange(10**6)}", steps, resources='[resources.micro]\ntime = "00:01:00"')
+    with environ(MEDMINDS_PROFILES=str(profiles)):
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    outcome = counter_outcome("time-outs", [p.run_id], steps, reference(steps), 0, started)
+    run = runs.get(p.run_id)
+    outcome.faults = int(run.data.get("requeues", 0))
+    outcome.redone += [0] * max(0, outcome.faults - len(outcome.redone))
+    outcome.checks["timed out several times"] = outcome.faults >= 2
+    outcome.checks["requeued, one job id"] = len(set(run.job_ids)) == 1
+    outcome.notes.append(f"{outcome.faults} time-outs in {len(run.data.get('attempts', []))} attempts")
+    return outcome
+
+
+def chaos_disk_full(jobs_dir: Path, rng: Any, reference: Callable[[int], int]) -> ChaosOutcome:
+    """The run's checkpoint folder on a small tmpfs that fills up after a random checkpoint: the next save fails,
+    the job fails with one line saying so, the checkpoint before stays valid, and the same `submit` after the space
+    is freed continues from it."""
+    from medminds_hpc.training.checkpoint import CheckpointStore
+
+    started = time.time()
+    steps = 30
+    name = chaos_counter(jobs_dir, f"filled-{rng.randrange(10**6)}", steps, sleep_s=0.25)
+    (p,) = submit.submit(name, slurm_options(), say=quiet)
+    run = runs.get(p.run_id)
+    assert not run.checkpoint_dir.exists(), "the job saved before the small filesystem could be mounted"
+    keep = CHAOS_EVERY * rng.randrange(1, 4)
+    with small_filesystem(run.checkpoint_dir):
+        deadline = time.time() + 120
+        while not (run.checkpoint_dir / f"step-{keep:08d}").is_dir():
+            assert time.time() < deadline, f"{run.id}: checkpoint {keep} not written within 120 s"
+            time.sleep(0.05)
+        filler = fill_up(run.checkpoint_dir)
+        st = wait_for(run.id, {runs.FAILED, runs.COMPLETED}, timeout=120)
+        error = run.reload().data.get("error", "")
+        kept = CheckpointStore(run.checkpoint_dir).latest()
+        filler.unlink()
+        (again,) = submit.submit(name, slurm_options(), say=quiet)
+        outcome = counter_outcome("full disk", [again.run_id], steps, reference(steps), 1, started)
+    failed_at = keep + CHAOS_EVERY
+    outcome.checks.update({
+        "the job failed": st.state == runs.FAILED,
+        "with one line naming the step, the folder and what to do": "\n" not in error and error.startswith(
+            f"no space left on device while saving checkpoint step {failed_at} in {run.checkpoint_dir}; free space there and resubmit"),
+        "status shows it": bool(error) and st.detail == error,
+        "the checkpoint before stayed valid": kept is not None and kept.step == keep,
+        "resubmitted as the same run": again.run_id == p.run_id,
+    })
+    outcome.notes.append(error)
+    return outcome
+
+
+def slurm_jobs_named(name: str) -> list[str]:
+    """Every job Slurm has by this name: still queued (squeue) or already accounted (sacct)."""
+    queued = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.split()
+    accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", name, "--format=JobID"],
+                               capture_output=True, text=True).stdout.split()
+    return sorted({j.split("_")[0] for j in queued + accounted})
+
+
+def chaos_concurrent_submits(jobs_dir: Path, rng: Any, reference: Callable[[int], int], n: int = 4) -> ChaosOutcome:
+    """2N `medminds submit` started at once, in random order: N of one experiment (one run, one job) and one each of
+    N other experiments (N runs, one job each)."""
+    started = time.time()
+    steps = 3
+    tag = rng.randrange(10**6)
+    same = chaos_counter(jobs_dir, f"same-{tag}", steps, sleep_s=0.0)
+    others = [chaos_counter(jobs_dir, f"other{i}-{tag}", steps, sleep_s=0.0) for i in range(n)]
+    names = [same] * n + others
+    rng.shuffle(names)
+    procs = [subprocess.Popen(cli("submit", name, "-d", "micro", "--cluster", "dev", "--executor", "slurm", "--no-wait"),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    answers = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    made = {name: runs.find(f"{name}-micro") for name in [same, *others]}
+    outcome = counter_outcome("concurrent submits", [run.id for run in made.values()], steps, reference(steps), 2 * n, started)
+    outcome.redone = []
+    outcome.checks.update({
+        "every submit answered 0": all(code == 0 for _, code in answers),
+        "one run and one job per experiment": all(
+            len(run.reload().job_ids) == 1 and slurm_jobs_named(run.id) == run.reload().job_ids for run in made.values()),
+        "runs made": len(made) == n + 1 and len(set(r.id for r in made.values())) == n + 1,
+    })
+    if not outcome.checks["every submit answered 0"]:
+        outcome.notes += [err for (_, err), code in answers if code]
     return outcome

@@ -63,3 +63,16 @@ def test_run_json_stays_whole_when_its_update_finds_no_space(tmp_path, monkeypat
             run.update(lambda d: d.update(pad="x" * 100_000))
         assert run.path.read_bytes() == before and "pad" not in fileio.read_json(run.path)
         assert not [p.name for p in run.dir.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(400)
+def test_a_job_whose_disk_fills_fails_with_one_line_and_continues_once_space_is_freed(jobs_dir):
+    import random
+
+    from tests.helpers import chaos_disk_full, counter_reference
+
+    outcome = chaos_disk_full(jobs_dir, random.Random(), counter_reference)
+    assert all(outcome.checks.values()), outcome
+    assert outcome.equal == outcome.runs == 1 and outcome.lost == 0, outcome
+    assert len(outcome.redone) == 1 and 0 < outcome.redone[0] <= outcome.interval, outcome  # those after the kept checkpoint
