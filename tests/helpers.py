@@ -575,13 +575,11 @@ def counter_reference(steps: int) -> int:
 def preempt_now(run_id: str, hold_s: float = 2) -> str:
     """Take the a100 node from the run's job (partition priority) and wait until the job has stopped for it."""
     before = runs.get(run_id).data.get("requeues", 0)
-    t0 = time.time()
     hog = preempt_victim_node(hold_s)
     deadline = time.time() + 60
     while runs.get(run_id).data.get("requeues", 0) <= before:
         assert time.time() < deadline, f"{run_id}: not preempted within 60 s by job {hog}"
         time.sleep(0.1)
-    print(f"preempted in {time.time() - t0:.1f}s", file=sys.stderr)
     return hog
 
 
@@ -724,3 +722,60 @@ def chaos_concurrent_submits(jobs_dir: Path, rng: Any, reference: Callable[[int]
     if not outcome.checks["every submit answered 0"]:
         outcome.notes += [err for (_, err), code in answers if code]
     return outcome
+
+
+CHAOS_EXPERT = dict(epochs=2.0, max_train_rows=160, eval_rows=100, holdout_rows=100, checkpoint_every_steps=CHAOS_EVERY)
+
+
+def expert_reference() -> runs.Run:
+    """The uninterrupted chaos expert (CHAOS_EXPERT on the tiny model, synthetic micro data prepared here), run in
+    this process on one torch thread: the job runs on one too, and only then are results bitwise equal."""
+    import uuid
+
+    prepare_synthetic()
+    run_id = f"expert-task-micro-{uuid.uuid4().hex[:8]}"
+    with one_thread():
+        run_expert(run_id, small_expert(**CHAOS_EXPERT))
+    return runs.get(run_id)
+
+
+def adapter_sha256(run: runs.Run) -> str:
+    from medminds_hpc import fileio
+
+    return fileio.sha256_file(run.artifacts_dir / "adapter" / "adapter_model.safetensors")
+
+
+def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_delay_s: float = 6.0) -> ChaosOutcome:
+    """The expert on the dev cluster, preempted while it saves the checkpoint at the end of a random epoch (made
+    slow), so the stop request is pending through that epoch's evaluation, which runs next: the job validates,
+    stops at the next step boundary, and ends with the reference's metrics and adapter bytes."""
+    from medminds_hpc import fileio
+    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
+
+    started = time.time()
+    cfg = small_expert(**CHAOS_EXPERT)
+    per_epoch = -(-cfg.max_train_rows // cfg.batch_size)  # no holdout from MedMCQA-free ARC rows beyond max_train_rows
+    epoch_end = per_epoch * rng.randrange(1, int(cfg.epochs))
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    write_job(jobs_dir, "expert-chaos", 'stage = "expert"\n[params]\n' + "\n".join(lines) + "\n" + PREEMPTIBLE_A100S + "\n")
+    with environ(OMP_NUM_THREADS="1", **{SLOW_SAVE_ENV: f"{epoch_end}:{save_delay_s}"}):
+        (p,) = submit.submit("expert-chaos", slurm_options(model="tiny"), say=quiet)
+    deadline = time.time() + 300
+    while saving_now(runs.get(p.run_id), epoch_end) != epoch_end:
+        assert time.time() < deadline, f"{p.run_id}: the save of step {epoch_end} was not seen within 300 s"
+        time.sleep(0.02)
+    preempt_now(p.run_id)
+    stopped = runs.get(p.run_id).data["progress"]["0"]["step"]
+    wait_for(p.run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
+    run = runs.get(p.run_id)
+    got, want = run.metrics() or {}, reference.metrics()
+    same = run.state == runs.COMPLETED and all(got.get(k) == want[k] for k in ("accuracy", "task_accuracy", "confusion_matrix", "per_subject", "epochs", "steps"))
+    evals = [r["epoch"] for r in fileio.read_jsonl(run.dir / runs.METRICS_LOG) if r.get("eval")]
+    return ChaosOutcome(
+        "expert preempted at an epoch's end", 1, 1, equal=int(same and adapter_sha256(run) == adapter_sha256(reference)),
+        redone=steps_redone(run, 1), interval=cfg.checkpoint_every_steps, lost=0 if run.state == runs.COMPLETED else int(want["steps"]),
+        seconds=round(time.time() - started, 1),
+        checks={"stopped at the step after the epoch's save and evaluation": stopped == epoch_end + 1,
+                "every epoch evaluated once": sorted(evals) == [float(e) for e in range(1, int(cfg.epochs) + 1)],
+                "resumed, not restarted": bool(run.data.get("resumed_from_steps")) and min(run.data["resumed_from_steps"]) > 0},
+        notes=[f"stopped at step {stopped}, epoch end {epoch_end}"])

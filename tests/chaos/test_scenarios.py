@@ -1,7 +1,9 @@
-"""Chaos on the real dev cluster, in its reduced form (one repetition, a counter stage of a few dozen steps):
-preemptions at random steps with one landing during a checkpoint save, a run that times out several times, and
-2N `medminds submit` at once. Each run ends with the value of an uninterrupted run of the same config and no step
-lost. `benchmarks/chaos.py` runs the same scenarios with repetitions and prints the figures.
+"""Chaos on the real dev cluster, in its reduced form (one repetition, a counter stage of a few dozen steps, an
+expert of 20 steps on the tiny model): a preemption landing during a checkpoint save, an expert preempted while it
+saves at an epoch's end so that the stop is pending through that epoch's evaluation, a run that times out several
+times, and 2N `medminds submit` at once. Each run ends with the result of an uninterrupted run of the same config
+(the expert: its metrics and adapter bytes) and no step lost. `benchmarks/chaos.py` runs the same scenarios with
+repetitions (K preemptions at random steps per run) and prints the figures.
 
 Set MEDMINDS_CHAOS_SEED to replay a failure (each test says the seed it used)."""
 
@@ -12,8 +14,8 @@ import random
 
 import pytest
 
-from tests.helpers import (ChaosOutcome, chaos_concurrent_submits, chaos_preemptions, chaos_time_outs,
-                           counter_reference)
+from tests.helpers import (ChaosOutcome, chaos_concurrent_submits, chaos_expert_preemption, chaos_preemptions,
+                           chaos_time_outs, counter_reference, expert_reference)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.timeout(400)]
 
@@ -50,6 +52,11 @@ def test_preemptions_one_during_a_save_end_like_an_uninterrupted_run(jobs_dir, r
     """Each preemption saves at the next step boundary, so no step is done twice, the one during a save included."""
     outcome = chaos_preemptions(jobs_dir, rng, k=1, reference=reference)
     assert outcome.faults == len(outcome.redone) == 1
+    assert_nothing_lost(outcome, rng.seed_used)
+
+
+def test_an_expert_preempted_before_an_evaluation_ends_with_the_same_metrics_and_adapter(jobs_dir, rng):
+    outcome = chaos_expert_preemption(jobs_dir, rng, expert_reference())
     assert_nothing_lost(outcome, rng.seed_used)
 
 
