@@ -697,6 +697,15 @@ def slurm_jobs_named(name: str) -> list[str]:
     return sorted({j.split("_")[0] for j in queued + accounted})
 
 
+def one_job_in_slurm(run: runs.Run, settle_s: float = 20) -> bool:
+    """Whether the run recorded one job and Slurm knows exactly that one by the run's name (a job that just ended
+    can be missing from squeue before accounting has it: asked again until `settle_s`)."""
+    deadline = time.time() + settle_s
+    while (named := slurm_jobs_named(run.id)) != run.job_ids and time.time() < deadline:
+        time.sleep(0.5)
+    return len(run.job_ids) == 1 and named == run.job_ids
+
+
 def chaos_concurrent_submits(jobs_dir: Path, rng: Any, reference: Callable[[int], int], n: int = 4) -> ChaosOutcome:
     """2N `medminds submit` started at once, in random order: N of one experiment (one run, one job) and one each of
     N other experiments (N runs, one job each)."""
@@ -715,8 +724,7 @@ def chaos_concurrent_submits(jobs_dir: Path, rng: Any, reference: Callable[[int]
     outcome.redone = []
     outcome.checks.update({
         "every submit answered 0": all(code == 0 for _, code in answers),
-        "one run and one job per experiment": all(
-            len(run.reload().job_ids) == 1 and slurm_jobs_named(run.id) == run.reload().job_ids for run in made.values()),
+        "one run and one job per experiment": all(one_job_in_slurm(run.reload()) for run in made.values()),
         "runs made": len(made) == n + 1 and len(set(r.id for r in made.values())) == n + 1,
     })
     if not outcome.checks["every submit answered 0"]:
@@ -779,3 +787,38 @@ def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_
                 "every epoch evaluated once": sorted(evals) == [float(e) for e in range(1, int(cfg.epochs) + 1)],
                 "resumed, not restarted": bool(run.data.get("resumed_from_steps")) and min(run.data["resumed_from_steps"]) > 0},
         notes=[f"stopped at step {stopped}, epoch end {epoch_end}"])
+
+
+def job_worker_pids(job_id: str) -> list[int]:
+    """The job's Python processes (the stage, not slurmstepd), by SLURM_JOB_ID in their environment: this cluster's
+    nodes share one host, so `scontrol listpids` cannot tell them apart."""
+    wanted = f"SLURM_JOB_ID={job_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().startswith("python") and \
+                    wanted in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def chaos_kills(jobs_dir: Path, rng: Any, reference: Callable[[int], int], k: int = 2) -> ChaosOutcome:
+    """kill -9 of the worker at K random steps, each followed by the same `submit`: every resubmission resumes
+    from the newest checkpoint, so at most one checkpoint interval (plus the steps a kill takes to land) is redone."""
+    started = time.time()
+    steps = 20 + 15 * k
+    name = chaos_counter(jobs_dir, f"killed-{rng.randrange(10**6)}", steps)
+    (p,) = submit.submit(name, slurm_options(), say=quiet)
+    at = [3 + 15 * i + rng.randrange(10) for i in range(k)]
+    for i, step in enumerate(at):
+        job = runs.get(p.run_id).job_ids[-1]
+        wait_for(p.run_id, {"RUNNING"}, timeout=240, also=lambda st: last_step(p.run_id) >= step and bool(job_worker_pids(job)))
+        for pid in job_worker_pids(job):
+            os.kill(pid, 9)
+        wait_for(p.run_id, {runs.FAILED, runs.CANCELLED}, timeout=120)
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    outcome = counter_outcome("kill -9 + resubmit", [p.run_id], steps, reference(steps), k, started)
+    outcome.checks["never restarted from step 0"] = 1 not in step_sequence(runs.get(p.run_id))[1:]
+    return outcome
