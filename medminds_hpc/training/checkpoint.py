@@ -202,11 +202,16 @@ def _nearly_full(where: Path) -> bool:
         return False
 
 
-def disk_full_message(step: int | None, store: CheckpointStore) -> str:
-    at = f"step {step}" if step is not None else "a checkpoint"
+def disk_full_message(step: int | None, store: CheckpointStore, error: BaseException | None = None) -> str:
+    """The one line: what was being written where (checkpoint `step`, or what `error` says), what to do, and the
+    step a resubmission continues from."""
     kept = store.latest()
     resume = f"it continues from step {kept.step}" if kept else "it starts from the beginning (no checkpoint was committed yet)"
-    return f"no space left on device while saving checkpoint {at} in {store.root}; free space there and resubmit: {resume}"
+    if step is not None:
+        return f"no space left on device while saving checkpoint step {step} in {store.root}; free space there and resubmit: {resume}"
+    said = " ".join(str(error).split())[:200] if error is not None else ""
+    return (f"no space left on device while the run wrote its files ({type(error).__name__}: {said}); free space "
+            f"under {store.root.parent} and resubmit: {resume}")
 
 
 def failure_reason(error: BaseException, root: Path | str) -> str | None:
@@ -222,4 +227,4 @@ def failure_reason(error: BaseException, root: Path | str) -> str | None:
              if (m := re.match(r"^(?:checkpoint-|\.tmp-step-)(\d+)", p.name))]
     for half in [root / TRAINER_STAGING, *root.glob(".tmp-step-*")]:
         shutil.rmtree(half, ignore_errors=True)
-    return disk_full_message(max(steps) if steps else None, CheckpointStore(root))
+    return disk_full_message(max(steps) if steps else None, CheckpointStore(root), error)

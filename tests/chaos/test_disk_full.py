@@ -53,6 +53,16 @@ def test_a_trainer_save_that_filled_the_disk_is_named_and_its_half_removed(full_
     assert checkpoint.failure_reason(RuntimeError("CUDA error: device-side assert"), store.root) is None
 
 
+def test_a_full_disk_outside_a_checkpoint_save_is_one_line_too(full_store):
+    store, _ = full_store
+    with pytest.raises(OSError) as failed:
+        fileio.atomic_write_json(store.root.parent / "metrics.json", {"pad": "x" * 100_000})
+    reason = checkpoint.failure_reason(failed.value, store.root)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("no space left on device while the run wrote its files (OSError: [Errno 28] No space left on device")
+    assert reason.endswith(f"free space under {store.root.parent} and resubmit: it continues from step 1")
+
+
 def test_run_json_stays_whole_when_its_update_finds_no_space(tmp_path, monkeypatch):
     with small_filesystem(tmp_path / "fs") as fs:
         monkeypatch.setenv("MEDMINDS_HOME", str(fs))
