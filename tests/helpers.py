@@ -765,9 +765,10 @@ def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_
     per_epoch = -(-cfg.max_train_rows // cfg.batch_size)  # no holdout from MedMCQA-free ARC rows beyond max_train_rows
     epoch_end = per_epoch * rng.randrange(1, int(cfg.epochs))
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-    write_job(jobs_dir, "expert-chaos", 'stage = "expert"\n[params]\n' + "\n".join(lines) + "\n" + PREEMPTIBLE_A100S + "\n")
+    name = f"expert-chaos-{rng.randrange(10**6)}"  # a run of its own each time (the run id holds the name)
+    write_job(jobs_dir, name, 'stage = "expert"\n[params]\n' + "\n".join(lines) + "\n" + PREEMPTIBLE_A100S + "\n")
     with environ(OMP_NUM_THREADS="1", **{SLOW_SAVE_ENV: f"{epoch_end}:{save_delay_s}"}):
-        (p,) = submit.submit("expert-chaos", slurm_options(model="tiny"), say=quiet)
+        (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
     deadline = time.time() + 300
     while saving_now(runs.get(p.run_id), epoch_end) != epoch_end:
         assert time.time() < deadline, f"{p.run_id}: the save of step {epoch_end} was not seen within 300 s"
