@@ -3,7 +3,7 @@ random seeds, then one table: faults injected, runs that finished equal to an un
 per fault (mean, max) against the checkpoint interval, and steps lost (must be 0).
 
     bash slurm/dev-cluster/up.sh                       # as root, once
-    .venv/bin/python benchmarks/chaos.py --repeat 3    # ~25 min on 2 shared cores
+    .venv/bin/python benchmarks/chaos.py --repeat 2    # ~12 min on 2 shared cores (measured)
     .venv/bin/python benchmarks/chaos.py --repeat 1 --only preemptions,full-disk --seed 1234   # replay
 
 Runs go to a temporary $MEDMINDS_HOME (deleted afterwards); the full-disk scenario needs root (a tmpfs mount).
