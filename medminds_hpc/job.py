@@ -29,6 +29,7 @@ import submitit
 from medminds_hpc import compat, config, distributed, runs
 from medminds_hpc.context import StageContext, StopRequested
 from medminds_hpc.stages import get_stage
+from medminds_hpc.training import checkpoint
 
 log = logging.getLogger("medminds.job")
 
@@ -97,7 +98,7 @@ class StageJob(submitit.helpers.Checkpointable):
                     log.error("rank %d of %d lost a peer (%s); requeuing the job", ranks.rank, ranks.world_size, e)
                     self._requeue_and_exit(run, env, fault=f"{job_id}:{os.environ.get('SLURM_RESTART_COUNT', '0')}")
                 if not isinstance(e, SystemExit) and not echo:
-                    message = f"{type(e).__name__}: {e}" + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "")
+                    message = (checkpoint.failure_reason(e, run.checkpoint_dir) or f"{type(e).__name__}: {e}") + (f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "")
                     run.update(lambda d: d.update(state=runs.FAILED, error=message, traceback=traceback.format_exc()[-4000:]))
                 raise
             finally:

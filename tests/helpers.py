@@ -4,13 +4,14 @@ tiny experts, and waiting on the dev Slurm cluster."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -455,3 +456,384 @@ def any_gpu_profile(folder: Path) -> Path:
     path = Path(folder) / "dev-any.toml"
     path.write_text(text)
     return path
+
+
+# a small filesystem that fills up -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path, size: str = "256k") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount_point` for the block (root only: skipped with the reason otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill up needs root (CI runs the tests as root)")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write zeros into `directory`/filler until its filesystem has no space left; returns the file (delete it
+    to free the space again)."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while f.write(b"\0" * 4096):
+                pass
+    return filler
+
+
+# chaos scenarios on the dev cluster (tests/chaos and benchmarks/chaos.py) -----------------------------------------
+CHAOS_EVERY = 5  # the counter's checkpoint interval in the chaos scenarios, in steps
+
+
+@dataclasses.dataclass
+class ChaosOutcome:
+    """What one scenario did and how its run ended, against the uninterrupted reference."""
+
+    scenario: str
+    faults: int  # faults injected
+    runs: int  # runs that had to finish
+    equal: int  # runs that finished with the reference's result (value, or metrics and weights)
+    redone: list[int]  # steps done twice per fault (0: resumed exactly where the fault stopped it)
+    interval: int  # the checkpoint interval those steps compare with
+    lost: int  # steps missing from the runs' results (must be 0)
+    seconds: float = 0.0
+    checks: dict[str, bool] = dataclasses.field(default_factory=dict)  # the scenario's own assertions, by name
+    notes: list[str] = dataclasses.field(default_factory=list)  # where each fault landed, the error recorded
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Environment variables for the block (a job submitted inside keeps them across requeues)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def chaos_counter(jobs_dir: Path, name: str, steps: int, sleep_s: float = 0.25, resources: str = "") -> str:
+    """A counter experiment logging every step, checkpointing every CHAOS_EVERY steps, with an id no other run on
+    the shared cluster has (its job name); returns its name."""
+    import uuid
+
+    params = f'marker = "{uuid.uuid4().hex}"\nlog_steps = true\ncheckpoint_every_steps = {CHAOS_EVERY}\n'
+    write_job(jobs_dir, name, counter_job(steps=steps, sleep_s=sleep_s, resources=params + resources))
+    return name
+
+
+PREEMPTIBLE_A100S = '[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"'
+
+
+def step_sequence(run: runs.Run, timed: bool = False) -> list[Any]:
+    """The steps a run's attempts did, in order, from metrics.jsonl (the engine's and the counter's per-step
+    records; loss and evaluation records left out); timed: (step, time) pairs."""
+    from medminds_hpc import fileio
+
+    plain = {"time", "shard", "step", "epoch", "value"}
+    records = [r for r in fileio.read_jsonl(run.dir / runs.METRICS_LOG) if "step" in r and not r.get("eval") and set(r) <= plain]
+    return [(r["step"], r["time"]) if timed else r["step"] for r in records]
+
+
+def last_step(run_id: str) -> int:
+    """The newest step the run's job has done (metrics.jsonl is appended every step; run.json only every 10 s)."""
+    done = step_sequence(runs.get(run_id))
+    return done[-1] if done else 0
+
+
+def steps_redone(run: runs.Run, faults: int) -> list[int]:
+    """Steps done twice per fault: where an attempt started at or below the step the previous one reached.
+    A fault after which the run went on from the very next step counts 0."""
+    redone, last, last_at = [], 0, 0.0
+    for step, at in step_sequence(run, timed=True):
+        if step < last or (step == last and at - last_at > 1.0):  # a stop logs its step twice, at once
+            redone.append(last - step + 1)
+        last, last_at = step, at
+    return redone + [0] * max(0, faults - len(redone))
+
+
+def counter_outcome(scenario: str, run_ids: list[str], steps: int, reference: int, faults: int, started: float) -> ChaosOutcome:
+    """Wait for every run to end; compare each with the uninterrupted value `reference`."""
+    for run_id in run_ids:
+        wait_for(run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
+    ended = [runs.get(run_id) for run_id in run_ids]
+    results = [r.result() or {} for r in ended]
+    return ChaosOutcome(
+        scenario, faults, len(ended),
+        equal=sum(r.state == runs.COMPLETED and res.get("value") == reference for r, res in zip(ended, results)),
+        redone=[n for r in ended for n in steps_redone(r, faults if len(ended) == 1 else 0)],
+        interval=CHAOS_EVERY, lost=sum(steps - int(res.get("steps", 0)) for res in results),
+        seconds=round(time.time() - started, 1))
+
+
+def counter_reference(steps: int) -> int:
+    """The uninterrupted counter run's value, run in this process through the job's entry point (sleep_s only
+    paces the steps: 0 here)."""
+    import uuid
+
+    run = run_job(f"reference-micro-{uuid.uuid4().hex[:8]}", "tests.stages.counter",
+                  {"steps": steps, "sleep_s": 0.0, "checkpoint_every_steps": CHAOS_EVERY})
+    assert run.state == runs.COMPLETED, run.data.get("error")
+    return run.result()["value"]
+
+
+def preempt_now(run_id: str, hold_s: float = 2) -> str:
+    """Take the a100 node from the run's job (partition priority) and wait until the job has stopped for it."""
+    before = runs.get(run_id).data.get("requeues", 0)
+    hog = preempt_victim_node(hold_s)
+    deadline = time.time() + 60
+    while runs.get(run_id).data.get("requeues", 0) <= before:
+        assert time.time() < deadline, f"{run_id}: not preempted within 60 s by job {hog}"
+        time.sleep(0.1)
+    return hog
+
+
+def saving_now(run: runs.Run, at_least: int) -> int | None:
+    """The step of a checkpoint (>= at_least) the run is writing now (its staging folder exists, not yet renamed)."""
+    import re
+
+    root = run.checkpoint_dir
+    staged = [*root.glob(".trainer/checkpoint-*"), *root.glob(".tmp-step-*")] if root.is_dir() else []
+    steps = [int(m.group(1)) for p in staged if (m := re.search(r"(?:checkpoint-|tmp-step-)(\d+)", p.name))]
+    return next((s for s in sorted(steps) if s >= at_least), None)
+
+
+def chaos_preemptions(jobs_dir: Path, rng: Any, k: int, reference: Callable[[int], int], aim_at_save: bool = True,
+                      save_delay_s: float = 6.0) -> ChaosOutcome:
+    """K preemptions of one run at random steps, 15 steps apart at most (Slurm takes ~3 s = ~12 steps to stop the
+    job); with aim_at_save the last one while a checkpoint is being written: that save, past every other fault,
+    is made slow (checkpoint.SLOW_SAVE_ENV) for longer than the preemption takes to arrive."""
+    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
+
+    started = time.time()
+    slow = 15 * (k - 1) + 30
+    steps = slow + 2 * CHAOS_EVERY
+    name = chaos_counter(jobs_dir, f"preempted-{rng.randrange(10**6)}", steps, resources=PREEMPTIBLE_A100S)
+    at = [2 + 15 * i + rng.randrange(10) for i in range(k - 1 if aim_at_save else k)]
+    with environ(**({SLOW_SAVE_ENV: f"{slow}:{save_delay_s}"} if aim_at_save else {})):
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    stops: list[int] = []
+    notes: list[str] = []
+    for i in range(k):
+        wait_for_attempt(p.run_id, i + 1, timeout=240)
+        if i < len(at):
+            wait_for(p.run_id, {"RUNNING"}, timeout=240, also=lambda st: last_step(p.run_id) >= at[i])
+        else:
+            deadline = time.time() + 120
+            while (saving := saving_now(runs.get(p.run_id), slow)) is None:
+                assert time.time() < deadline, f"{p.run_id}: no save of a step >= {slow} seen within 120 s"
+                time.sleep(0.02)
+        preempt_now(p.run_id)
+        stopped = runs.get(p.run_id).data["progress"]["0"]["step"]  # written at the stop, before the requeue
+        stops.append(stopped)
+        notes.append(f"stopped at step {stopped}" + ("" if i < len(at) else f" (aimed at the save of step {saving})"))
+    outcome = counter_outcome("preemptions", [p.run_id], steps, reference(steps), k, started)
+    outcome.notes += notes
+    if aim_at_save:  # the stop flag came while step N's save ran: seen at the next step boundary, N + 1
+        outcome.checks["a preemption landed during a save"] = stops[-1] == saving + 1
+    return outcome
+
+
+def chaos_time_outs(jobs_dir: Path, rng: Any, reference: Callable[[int], int], profiles: Path,
+                    signal_delay_s: int = 55) -> ChaosOutcome:
+    """A run longer than its 1-minute limit, with USR2 `signal_delay_s` before the limit (a copy of the dev profile
+    saying so, in `profiles`). slurmctld looks at time limits every 30 s, so the warning comes 5-35 s into each
+    allocation: 65 s of work cannot fit in two, and the run times out at least twice before it finishes."""
+    started = time.time()
+    profiles.mkdir(parents=True, exist_ok=True)
+    dev = (ROOT / "slurm" / "dev.toml").read_text()
+    assert "\nsignal_delay_s = 30\n" in dev, "slurm/dev.toml no longer says signal_delay_s = 30"
+    (profiles / "dev.toml").write_text(dev.replace("\nsignal_delay_s = 30\n", f"\nsignal_delay_s = {signal_delay_s}\n"))
+    steps = 260 + rng.randrange(10)
+    name = chaos_counter(jobs_dir, f"timed-{rng.randrange(10**6)}", steps, resources='[resources.micro]\ntime = "00:01:00"')
+    with environ(MEDMINDS_PROFILES=str(profiles)):
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    outcome = counter_outcome("time-outs", [p.run_id], steps, reference(steps), 0, started)
+    run = runs.get(p.run_id)
+    # a warning before the job's handler is installed is requeued by submitit, unrecorded: that start made no attempt
+    outcome.faults = max(int(run.data.get("requeues", 0)), len(run.data.get("attempts", [])) - 1)
+    outcome.redone += [0] * max(0, outcome.faults - len(outcome.redone))
+    outcome.checks["timed out several times"] = outcome.faults >= 2
+    outcome.checks["requeued, one job id"] = len(set(run.job_ids)) == 1
+    outcome.notes.append(f"{outcome.faults} time-outs in {len(run.data.get('attempts', []))} attempts")
+    return outcome
+
+
+def chaos_disk_full(jobs_dir: Path, rng: Any, reference: Callable[[int], int]) -> ChaosOutcome:
+    """The run's checkpoint folder on a small tmpfs that fills up after a random checkpoint: the next save fails,
+    the job fails with one line saying so, the checkpoint before stays valid, and the same `submit` after the space
+    is freed continues from it."""
+    from medminds_hpc.training.checkpoint import CheckpointStore
+
+    started = time.time()
+    steps = 30
+    name = chaos_counter(jobs_dir, f"filled-{rng.randrange(10**6)}", steps, sleep_s=0.25)
+    (p,) = submit.submit(name, slurm_options(), say=quiet)
+    run = runs.get(p.run_id)
+    assert not run.checkpoint_dir.exists(), "the job saved before the small filesystem could be mounted"
+    keep = CHAOS_EVERY * rng.randrange(1, 4)
+    with small_filesystem(run.checkpoint_dir):
+        deadline = time.time() + 120
+        while not (run.checkpoint_dir / f"step-{keep:08d}").is_dir():
+            assert time.time() < deadline, f"{run.id}: checkpoint {keep} not written within 120 s"
+            time.sleep(0.05)
+        filler = fill_up(run.checkpoint_dir)
+        st = wait_for(run.id, {runs.FAILED, runs.COMPLETED}, timeout=120)
+        error = run.reload().data.get("error", "")
+        kept = CheckpointStore(run.checkpoint_dir).latest()
+        filler.unlink()
+        (again,) = submit.submit(name, slurm_options(), say=quiet)
+        outcome = counter_outcome("full disk", [again.run_id], steps, reference(steps), 1, started)
+    failed_at = keep + CHAOS_EVERY
+    outcome.checks.update({
+        "the job failed": st.state == runs.FAILED,
+        "with one line naming the step, the folder and what to do": "\n" not in error and error.startswith(
+            f"no space left on device while saving checkpoint step {failed_at} in {run.checkpoint_dir}; free space there and resubmit"),
+        "status shows it": bool(error) and st.detail == error,
+        "the checkpoint before stayed valid": kept is not None and kept.step == keep,
+        "resubmitted as the same run": again.run_id == p.run_id,
+    })
+    outcome.notes.append(error)
+    return outcome
+
+
+def slurm_jobs_named(name: str) -> list[str]:
+    """Every job Slurm has by this name: still queued (squeue) or already accounted (sacct)."""
+    queued = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.split()
+    accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", name, "--format=JobID"],
+                               capture_output=True, text=True).stdout.split()
+    return sorted({j.split("_")[0] for j in queued + accounted})
+
+
+def one_job_in_slurm(run: runs.Run, settle_s: float = 20) -> bool:
+    """Whether the run recorded one job and Slurm knows exactly that one by the run's name (a job that just ended
+    can be missing from squeue before accounting has it: asked again until `settle_s`)."""
+    deadline = time.time() + settle_s
+    while (named := slurm_jobs_named(run.id)) != run.job_ids and time.time() < deadline:
+        time.sleep(0.5)
+    return len(run.job_ids) == 1 and named == run.job_ids
+
+
+def chaos_concurrent_submits(jobs_dir: Path, rng: Any, reference: Callable[[int], int], n: int = 4) -> ChaosOutcome:
+    """2N `medminds submit` started at once, in random order: N of one experiment (one run, one job) and one each of
+    N other experiments (N runs, one job each)."""
+    started = time.time()
+    steps = 3
+    tag = rng.randrange(10**6)
+    same = chaos_counter(jobs_dir, f"same-{tag}", steps, sleep_s=0.0)
+    others = [chaos_counter(jobs_dir, f"other{i}-{tag}", steps, sleep_s=0.0) for i in range(n)]
+    names = [same] * n + others
+    rng.shuffle(names)
+    procs = [subprocess.Popen(cli("submit", name, "-d", "micro", "--cluster", "dev", "--executor", "slurm", "--no-wait"),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    answers = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    made = {name: runs.find(f"{name}-micro") for name in [same, *others]}
+    outcome = counter_outcome("concurrent submits", [run.id for run in made.values()], steps, reference(steps), 2 * n, started)
+    outcome.redone = []
+    outcome.checks.update({
+        "every submit answered 0": all(code == 0 for _, code in answers),
+        "one run and one job per experiment": all(one_job_in_slurm(run.reload()) for run in made.values()),
+        "runs made": len(made) == n + 1 and len(set(r.id for r in made.values())) == n + 1,
+    })
+    if not outcome.checks["every submit answered 0"]:
+        outcome.notes += [err for (_, err), code in answers if code]
+    return outcome
+
+
+CHAOS_EXPERT = dict(epochs=2.0, max_train_rows=160, eval_rows=100, holdout_rows=100, checkpoint_every_steps=CHAOS_EVERY)
+
+
+def expert_reference() -> runs.Run:
+    """The uninterrupted chaos expert (CHAOS_EXPERT on the tiny model, synthetic micro data prepared here), run in
+    this process on one torch thread: the job runs on one too, and only then are results bitwise equal."""
+    import uuid
+
+    prepare_synthetic()
+    run_id = f"expert-task-micro-{uuid.uuid4().hex[:8]}"
+    with one_thread():
+        run_expert(run_id, small_expert(**CHAOS_EXPERT))
+    return runs.get(run_id)
+
+
+def adapter_sha256(run: runs.Run) -> str:
+    from medminds_hpc import fileio
+
+    return fileio.sha256_file(run.artifacts_dir / "adapter" / "adapter_model.safetensors")
+
+
+def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_delay_s: float = 6.0) -> ChaosOutcome:
+    """The expert on the dev cluster, preempted while it saves the checkpoint at the end of a random epoch (made
+    slow), so the stop request is pending through that epoch's evaluation, which runs next: the job validates,
+    stops at the next step boundary, and ends with the reference's metrics and adapter bytes."""
+    from medminds_hpc import fileio
+    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
+
+    started = time.time()
+    cfg = small_expert(**CHAOS_EXPERT)
+    per_epoch = -(-cfg.max_train_rows // cfg.batch_size)  # no holdout from MedMCQA-free ARC rows beyond max_train_rows
+    epoch_end = per_epoch * rng.randrange(1, int(cfg.epochs))
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    name = f"expert-chaos-{rng.randrange(10**6)}"  # a run of its own each time (the run id holds the name)
+    write_job(jobs_dir, name, 'stage = "expert"\n[params]\n' + "\n".join(lines) + "\n" + PREEMPTIBLE_A100S + "\n")
+    with environ(OMP_NUM_THREADS="1", **{SLOW_SAVE_ENV: f"{epoch_end}:{save_delay_s}"}):
+        (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
+    deadline = time.time() + 300
+    while saving_now(runs.get(p.run_id), epoch_end) != epoch_end:
+        assert time.time() < deadline, f"{p.run_id}: the save of step {epoch_end} was not seen within 300 s"
+        time.sleep(0.02)
+    preempt_now(p.run_id)
+    stopped = runs.get(p.run_id).data["progress"]["0"]["step"]
+    wait_for(p.run_id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=400)
+    run = runs.get(p.run_id)
+    got, want = run.metrics() or {}, reference.metrics()
+    same = run.state == runs.COMPLETED and all(got.get(k) == want[k] for k in ("accuracy", "task_accuracy", "confusion_matrix", "per_subject", "epochs", "steps"))
+    evals = [r["epoch"] for r in fileio.read_jsonl(run.dir / runs.METRICS_LOG) if r.get("eval")]
+    return ChaosOutcome(
+        "expert preempted at an epoch's end", 1, 1, equal=int(same and adapter_sha256(run) == adapter_sha256(reference)),
+        redone=steps_redone(run, 1), interval=cfg.checkpoint_every_steps, lost=0 if run.state == runs.COMPLETED else int(want["steps"]),
+        seconds=round(time.time() - started, 1),
+        checks={"stopped at the step after the epoch's save and evaluation": stopped == epoch_end + 1,
+                "every epoch evaluated once": sorted(evals) == [float(e) for e in range(1, int(cfg.epochs) + 1)],
+                "resumed, not restarted": bool(run.data.get("resumed_from_steps")) and min(run.data["resumed_from_steps"]) > 0},
+        notes=[f"stopped at step {stopped}, epoch end {epoch_end}"])
+
+
+def job_worker_pids(job_id: str) -> list[int]:
+    """The job's Python processes (the stage, not slurmstepd), by SLURM_JOB_ID in their environment: this cluster's
+    nodes share one host, so `scontrol listpids` cannot tell them apart."""
+    wanted = f"SLURM_JOB_ID={job_id}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().startswith("python") and \
+                    wanted in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def chaos_kills(jobs_dir: Path, rng: Any, reference: Callable[[int], int], k: int = 2) -> ChaosOutcome:
+    """kill -9 of the worker at K random steps, each followed by the same `submit`: every resubmission resumes
+    from the newest checkpoint, so at most one checkpoint interval (plus the steps a kill takes to land) is redone."""
+    started = time.time()
+    steps = 20 + 15 * k
+    name = chaos_counter(jobs_dir, f"killed-{rng.randrange(10**6)}", steps)
+    (p,) = submit.submit(name, slurm_options(), say=quiet)
+    at = [3 + 15 * i + rng.randrange(10) for i in range(k)]
+    for i, step in enumerate(at):
+        job = runs.get(p.run_id).job_ids[-1]
+        wait_for(p.run_id, {"RUNNING"}, timeout=240, also=lambda st: last_step(p.run_id) >= step and bool(job_worker_pids(job)))
+        for pid in job_worker_pids(job):
+            os.kill(pid, 9)
+        wait_for(p.run_id, {runs.FAILED, runs.CANCELLED}, timeout=120)
+        (p,) = submit.submit(name, slurm_options(), say=quiet)
+    outcome = counter_outcome("kill -9 + resubmit", [p.run_id], steps, reference(steps), k, started)
+    outcome.checks["never restarted from step 0"] = 1 not in step_sequence(runs.get(p.run_id))[1:]
+    return outcome

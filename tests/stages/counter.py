@@ -22,6 +22,7 @@ class Config:
     checkpoint_every_minutes: float = 60.0
     keep_checkpoints: int = 2
     marker: str = ""
+    log_steps: bool = False  # every step into metrics.jsonl, so steps done twice across attempts can be counted
 
 
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
         time.sleep(cfg.sleep_s)
         value = (value * 31 + rng.randrange(1000)) % 1_000_003
         step += 1
-        ctx.step_done(step, lambda: {"step": step, "value": value, "rng": rng.getstate()}, total=cfg.steps)
+        logged = {"value": value} if cfg.log_steps else {}
+        ctx.step_done(step, lambda: {"step": step, "value": value, "rng": rng.getstate()}, total=cfg.steps, **logged)
     return {"value": value, "steps": step, "resumed_from": first_step, "shard": ctx.shard}  # kept in run.json
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from medminds_hpc import submit
-from tests.helpers import ROOT, counter_job, quiet, run_cli, slurm_options as opts, write_job
+from tests.helpers import ROOT, counter_job, job_worker_pids, quiet, run_cli, slurm_options as opts, write_job
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.timeout(300)]
 
 CLUSTER_DIR = Path(os.environ.get("MEDMINDS_SLURM_DIR", "/var/lib/medminds-dev"))
 
@@ -69,21 +69,6 @@ def test_status_submit_and_cancel_answer_quickly_while_the_controller_is_down(jo
     assert run_cli("cancel", p.run_id).returncode == 0  # the controller is back: the same command now works
 
 
-def _worker_pids(job_id: str) -> list[int]:
-    """The job's Python processes (the stage, not slurmstepd), by SLURM_JOB_ID in their environment: this cluster's
-    nodes share one host, so `scontrol listpids` cannot tell them apart."""
-    wanted = f"SLURM_JOB_ID={job_id}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "comm").read_text().startswith("python") and \
-                    wanted in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:  # gone meanwhile
-            continue
-    return pids
-
-
 def test_a_worker_killed_without_a_signal_resumes_from_its_newest_checkpoint_when_resubmitted(jobs_dir):
     """kill -9 gives the job no chance to save or requeue: Slurm ends it, and the same `submit` resumes the run from
     the newest checkpoint on disk (saved every 5 steps), never from step 0, and ends with the uninterrupted value."""
@@ -96,7 +81,7 @@ def test_a_worker_killed_without_a_signal_resumes_from_its_newest_checkpoint_whe
                                 f'sleep_s = 0.25\ncheckpoint_every_steps = {every}\n')
     (p,) = submit.submit("walk", opts(), say=quiet)
     wait_for(p.run_id, {"RUNNING"}, also=lambda st: step_reached(p.run_id, 12))
-    killed = _worker_pids(p.job_ids[0])
+    killed = job_worker_pids(p.job_ids[0])
     assert killed
     reached = runs.get(p.run_id).data["progress"]["0"]["step"]
     for pid in killed:
