@@ -528,7 +528,7 @@ def chaos_counter(jobs_dir: Path, name: str, steps: int, sleep_s: float = 0.25, 
     return name
 
 
-PREEMPTIBLE_A100S = '[resources.micro]\ngpu = "a100"\ngpus = 2\npartition = "gpu-preempt"'
+PREEMPTIBLE_A100S = '[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"'
 
 
 def step_sequence(run: runs.Run, timed: bool = False) -> list[Any]:
