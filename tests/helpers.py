@@ -441,13 +441,24 @@ def run_jobs_side_by_side(*jobs: runs.Run, timeout: float = 600) -> list[runs.Ru
     """Run the StageJob of each of these runs (made with `job_run`), one process each with one torch thread, all at
     once: independent runs (two experts) then take the time of the slowest on a machine with that many cores, where
     in this process they would take the sum. A job that fails fails the test with its output."""
+    import tempfile
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = "import sys; from medminds_hpc.job import StageJob; StageJob(sys.argv[1])()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(run.dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for run in jobs]
-    outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
-    for run, proc, out in zip(jobs, procs, outputs):
-        assert proc.returncode == 0 and run.reload().state == runs.COMPLETED, f"{run.id}:\n{out[-3000:]}"
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in jobs]  # a pipe left unread could fill
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(run.dir)], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, text=True) for run, log in zip(jobs, logs)]
+        try:
+            returncodes = [proc.wait(timeout=timeout) for proc in procs]
+        finally:  # a test that timed out leaves no job behind
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for run, returncode, log in zip(jobs, returncodes, logs):
+            log.seek(0)
+            assert returncode == 0 and run.reload().state == runs.COMPLETED, f"{run.id}:\n{log.read()[-3000:]}"
     return [run.reload() for run in jobs]
 
 
