@@ -403,6 +403,8 @@ def wait_for_run(p: PlannedRun) -> None:
 def _wait_for(jobs: list[Any], p: PlannedRun) -> None:
     for job in jobs:
         try:
+            while not job.done():  # submitit's own wait polls once a second: a job of a second would take two
+                time.sleep(0.1)
             job.result()
         except Exception as e:  # the job failed: its run.json says why (the stage's own message), else submitit
             recorded = runs.load(paths.runs_dir() / p.run_id).data.get("error")

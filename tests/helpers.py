@@ -422,15 +422,45 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator
         yield home
 
 
+def job_run(run_id: str, stage: str, params: dict[str, Any], needs: dict[str, str] | None = None, model: str = "tiny") -> runs.Run:
+    """A new run `run_id` of dataset micro recording stage `stage` with `params` and `needs`, ready for StageJob."""
+    return runs.create(run_id, {"experiment": run_id.rsplit("-", 2)[0], "dataset": "micro", "model": model, "stage": stage,
+                                "params": params, "needs": needs or {}})
+
+
 def run_job(run_id: str, stage: str, params: dict[str, Any], needs: dict[str, str] | None = None, model: str = "tiny") -> runs.Run:
     """Run stage `stage` in this process the way its job runs it (`job.StageJob`: the config built from the run's
     params, the run COMPLETED with its results at the end), on a new run `run_id` of dataset micro; returns the run."""
     from medminds_hpc.job import StageJob
 
-    run = runs.create(run_id, {"experiment": run_id.rsplit("-", 2)[0], "dataset": "micro", "model": model, "stage": stage,
-                               "params": params, "needs": needs or {}})
+    run = job_run(run_id, stage, params, needs, model)
     StageJob(run.dir)()
     return run.reload()
+
+
+def run_jobs_side_by_side(*jobs: runs.Run, timeout: float = 600) -> list[runs.Run]:
+    """Run the StageJob of each of these runs (made with `job_run`), one process each with one torch thread, all at
+    once: independent runs (two experts) then take the time of the slowest on a machine with that many cores, where
+    in this process they would take the sum. A job that fails fails the test with its output."""
+    import tempfile
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import sys; from medminds_hpc.job import StageJob; StageJob(sys.argv[1])()"
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in jobs]  # a pipe left unread could fill
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(run.dir)], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, text=True) for run, log in zip(jobs, logs)]
+        try:
+            returncodes = [proc.wait(timeout=timeout) for proc in procs]
+        finally:  # a test that timed out leaves no job behind
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for run, returncode, log in zip(jobs, returncodes, logs):
+            log.seek(0)
+            assert returncode == 0 and run.reload().state == runs.COMPLETED, f"{run.id}:\n{log.read()[-3000:]}"
+    return [run.reload() for run in jobs]
 
 
 def prepare_rows(run_id: str, medmcqa_train: list[dict], medmcqa_validation: list[dict], arc: list[dict] | None = None) -> str:

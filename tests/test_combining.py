@@ -8,7 +8,8 @@ mixed train set (never the experts' rows): the merges (merge stage), the ensembl
 the mixtures of experts (moe stage: a router before every decoder layer, which must also send each kind to its own
 expert), and, as the control that the experts carry what the mix needs, a linear probe on the base alone.
 
-The experts are trained once per module (one $MEDMINDS_HOME for the module); each combiner is its own test.
+The experts are trained once per module (one $MEDMINDS_HOME for the module), side by side in two processes;
+each combiner is its own test.
 Every stage reads the harness prompt: about 60% of the paper prompt's tokens, and so of the CPU training time.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from medminds_hpc.data import synthetic
-from tests.helpers import one_thread, prepare_rows, run_job, shared_home
+from tests.helpers import job_run, one_thread, prepare_rows, run_job, run_jobs_side_by_side, shared_home
 
 pytestmark = pytest.mark.slow
 
@@ -104,9 +105,10 @@ def data() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(data) -> dict[str, Any]:
-    """The two trained experts: what a combiner run needs (run ids)."""
-    task = run_job("expert-task-micro-00000001", "expert", expert_params(SEED), {"prepare": data["task"]})
-    domain = run_job("expert-domain-micro-00000002", "expert", expert_params(SEED), {"prepare": data["domain"]})
+    """The two trained experts: what a combiner run needs (run ids). They train side by side, one process each."""
+    task, domain = run_jobs_side_by_side(
+        job_run("expert-task-micro-00000001", "expert", expert_params(SEED), {"prepare": data["task"]}),
+        job_run("expert-domain-micro-00000002", "expert", expert_params(SEED), {"prepare": data["domain"]}))
     return {"needs": {"prepare": data["mixed"], "expert-task": task.id, "expert-domain": domain.id}}
 
 

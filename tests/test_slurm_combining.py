@@ -171,11 +171,11 @@ def test_preempted_ensemble_ends_with_the_metrics_of_an_uninterrupted_one(expert
                                                         "checkpoint_every_steps=5"))
     p = planned["ensemble-transformer"]
     usr2(wait_for_attempt(p.run_id, timeout=300).job_ids[0])  # it saves at its next step and requeues
+    reference = rerun_in_process(runs.get(p.run_id), f"{p.run_id}-uninterrupted")  # while the job waits to restart
     run = wait_until_ended(p.run_id, timeout=300)
     assert run.data["requeues"] >= 1 and len(run.data["attempts"]) >= 2
     assert 0 < min(run.data["resumed_from_steps"]) < run.metrics()["steps"]  # resumed mid-training, not restarted
 
-    reference = rerun_in_process(run, f"{run.id}-uninterrupted")
     assert "resumed_from_steps" not in reference.data
     got, want = run.metrics(), reference.metrics()
     for key in ("accuracy", "macro_f1", "confusion_matrix", "per_subject", "predicted_share", "epochs", "steps", "best"):

@@ -17,21 +17,34 @@ from tests.helpers import assert_was_preempted, preempt_victim_node, step_reache
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
-PARAMS = dict(epochs=3.0, max_train_rows=480)
+PARAMS = dict(epochs=2.0, max_train_rows=480)
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[str, runs.Run]:
+    """The uninterrupted reference run, once for the module (every test here interrupts the same job)."""
+    return {}
 
 
 @pytest.fixture
-def expert_job(jobs_dir, medminds_home, monkeypatch):
+def expert_job(jobs_dir, medminds_home, monkeypatch, references):
     """The job (which inherits this environment) and the in-process reference both use one torch thread: results
-    are bitwise equal only for one thread count."""
+    are bitwise equal only for one thread count. Returns a function giving the reference run, trained on first use:
+    a test asks for it once its job is interrupted, so the reference trains beside the job's resumed attempt."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     prepare("micro", source="synthetic", say=lambda *_: None)
     cfg = small(**PARAMS)
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + "\n".join(lines) + '\n[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"\n')
-    with one_thread():
-        reference = run_stage("expert-task-micro-reference", cfg)
-    return reference, runs.get("expert-task-micro-reference")
+
+    def reference() -> runs.Run:
+        if "run" not in references:
+            with one_thread():
+                run_stage("expert-task-micro-reference", cfg)
+            references["run"] = runs.get("expert-task-micro-reference")
+        return references["run"]
+
+    return reference
 
 
 def _submit():
@@ -54,21 +67,21 @@ def _assert_same_as_reference(run_id: str, reference_run: runs.Run) -> None:
 
 
 def test_expert_resumes_exactly_after_usr2(expert_job):
-    _, reference_run = expert_job
     p = _submit()
     wait_for(p.run_id, {"RUNNING"}, timeout=120, also=lambda st: step_reached(p.run_id, 1))
     time.sleep(3)
     subprocess.run(["scancel", "--signal=USR2", p.job_ids[0]], check=True)
+    reference_run = expert_job()
     wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
     _assert_same_as_reference(p.run_id, reference_run)
 
 
 def test_expert_resumes_exactly_after_partition_preemption(expert_job):
-    _, reference_run = expert_job
     p = _submit()
     wait_for(p.run_id, {"RUNNING"}, timeout=120, also=lambda st: step_reached(p.run_id, 1))
     time.sleep(3)
     hog = preempt_victim_node(2)
+    reference_run = expert_job()
     wait_for(p.run_id, {runs.COMPLETED}, timeout=500)
     _assert_same_as_reference(p.run_id, reference_run)
     assert_was_preempted(p, hog)

@@ -191,7 +191,7 @@ def test_cancel_stops_a_local_job_started_from_a_script_for_good(jobs_dir):
 
 @pytest.mark.slow
 def test_ctrl_c_while_waiting_stops_the_job_and_the_same_command_resumes_it(jobs_dir, medminds_home):
-    write_job(jobs_dir, "slow", counter_job(steps=200, sleep_s=0.1) + "checkpoint_every_steps = 5\n")
+    write_job(jobs_dir, "slow", counter_job(steps=80, sleep_s=0.1) + "checkpoint_every_steps = 5\n")
     command = cli("submit", "slow", *LOCAL, "--wait")
     # as from a terminal: Ctrl-C at its default (an earlier test may have left this process ignoring it, which a
     # child inherits, and Python then never turns it into KeyboardInterrupt)
@@ -204,12 +204,12 @@ def test_ctrl_c_while_waiting_stops_the_job_and_the_same_command_resumes_it(jobs
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, out + err
     (line,) = err.strip().splitlines()
     run = runs.find("slow-micro")
-    assert re.fullmatch(rf"{run.id}: interrupted at step \d+ of 200 \(last checkpoint: step \d+\); the same command resumes it", line), line
+    assert re.fullmatch(rf"{run.id}: interrupted at step \d+ of 80 \(last checkpoint: step \d+\); the same command resumes it", line), line
     assert run.state == runs.CANCELLED and "interrupted (Ctrl-C) at step" in run.data["error"] and processes_of(run.dir) == []
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "resubmitted (resumes)" in again.stdout, again.stdout + again.stderr
     metrics = run.reload().result()
-    assert run.state == runs.COMPLETED and metrics["value"] == expected_value(200) and metrics["resumed_from"] >= 5
+    assert run.state == runs.COMPLETED and metrics["value"] == expected_value(80) and metrics["resumed_from"] >= 5
 
 
 @pytest.mark.slow
