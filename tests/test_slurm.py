@@ -150,17 +150,6 @@ def test_partition_preemption_resumes(jobs_dir):
     assert_was_preempted(p, hog)
 
 
-def test_time_out_requeues_and_resumes(jobs_dir):
-    """A 1-minute limit with USR2 30 s before it (Slurm may send it earlier, never later): 45 s of work cannot
-    finish before the signal, and what is left fits in the next allocation or two."""
-    steps = 90
-    write_job(jobs_dir, "timed", counter_job(steps=steps, sleep_s=0.5, resources='[resources.micro]\ntime = "00:01:00"'))
-    (p,) = submit.submit("timed", opts(), say=quiet)
-    wait_for(p.run_id, {runs.COMPLETED}, timeout=400)
-    data = _assert_resumed_exactly(p.run_id, steps)
-    assert data["attempts"][1]["restart_count"] >= 1
-
-
 def test_home_with_spaces_and_quotes_runs_on_slurm(tmp_path, monkeypatch, jobs_dir):
     home = tmp_path / "a b 'c' \"d\" ;$(touch PWNED)"
     home.mkdir()
