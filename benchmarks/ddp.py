@@ -8,6 +8,9 @@ log (metrics.jsonl), between the first logged step and the last, so job start-up
 evaluation are not counted. Scaling efficiency = (steps/s with N ranks / steps/s with 1) / N. The dev cluster's
 nodes share this machine's cores, so expect little or no speed-up there: the figure says what DDP costs in
 communication on one host, not what it gains on a real cluster.
+
+Measured on a quiet 2-core host (tiny-4layer, global batch 12, 50 steps timed each): 1 rank 3.72 steps/s, 2 ranks
+4.79 (1.29x, 64% efficiency), 3 ranks on the 2 cores 4.48 (1.20x, 40%).
 """
 
 from __future__ import annotations
