@@ -36,6 +36,7 @@ def scenarios(k: int, n: int, scratch: Path) -> dict[str, Callable[[Path, random
         "preemptions": lambda jobs, rng, ref: h.chaos_preemptions(jobs, rng, k, ref.counter),
         "expert-epoch-end": lambda jobs, rng, ref: h.chaos_expert_preemption(jobs, rng, ref.expert()),
         "kill-9": lambda jobs, rng, ref: h.chaos_kills(jobs, rng, ref.counter, k=max(1, k - 1)),
+        "classifier-kill-9": lambda jobs, rng, ref: h.chaos_classifier_kill(jobs, rng, ref.classifier()),
         "time-outs": lambda jobs, rng, ref: h.chaos_time_outs(jobs, rng, ref.counter, Path(tempfile.mkdtemp(dir=scratch))),
         "full-disk": lambda jobs, rng, ref: h.chaos_disk_full(jobs, rng, ref.counter),
         "concurrent-submits": lambda jobs, rng, ref: h.chaos_concurrent_submits(jobs, rng, ref.counter, n=n),
@@ -43,11 +44,12 @@ def scenarios(k: int, n: int, scratch: Path) -> dict[str, Callable[[Path, random
 
 
 class References:
-    """Uninterrupted runs, each computed once: the counter's value per step count, the expert's run."""
+    """Uninterrupted runs, each computed once: the counter's value per step count, the expert's and the classifier's run."""
 
     def __init__(self) -> None:
         self.values: dict[int, int] = {}
         self.expert_run: Any = None
+        self.classifier_run: Any = None
 
     def counter(self, steps: int) -> int:
         from tests.helpers import counter_reference
@@ -63,6 +65,13 @@ class References:
             self.expert_run = expert_reference()
         return self.expert_run
 
+    def classifier(self) -> Any:
+        from tests.helpers import classifier_reference
+
+        if self.classifier_run is None:
+            self.classifier_run = classifier_reference()
+        return self.classifier_run
+
 
 def table(rows: list[tuple[str, int, Any]]) -> str:
     """One line per scenario over its repetitions."""
@@ -76,7 +85,7 @@ def table(rows: list[tuple[str, int, Any]]) -> str:
         failed = sum(not ok for o in done for ok in o.checks.values()) + len(outs) - len(done)
         lines.append(
             f"{name:<20} {len(outs):>4} {sum(o.faults for o in done):>6} {sum(o.runs for o in done):>5} "
-            f"{sum(o.equal for o in done):>5} {statistics.mean(redone) if redone else 0:>11.2f} {max(redone, default=0):>10} "
+            f"{sum(o.equal for o in done):>5} {f'{statistics.mean(redone):.2f}' if redone else '-':>11} {max(redone) if redone else '-':>10} "
             f"{done[0].interval if done else '-':>8} {sum(o.lost for o in done):>4} {failed:>13} "
             f"{statistics.mean(o.seconds for o in done) if done else 0:>6.0f}")
     return "\n".join(lines)

@@ -797,6 +797,66 @@ def adapter_sha256(run: runs.Run) -> str:
     return fileio.sha256_file(run.artifacts_dir / "adapter" / "adapter_model.safetensors")
 
 
+CHAOS_CLASSIFIER = dict(adapter="none", lora_dropout=0.0, learning_rate=1e-2, batch_size=8, max_steps=24, max_train_rows=96,
+                        eval_rows=24, eval_batch_size=8, max_length=128, checkpoint_every_steps=4, selection="validation")
+
+
+def classifier_reference() -> runs.Run:
+    """The uninterrupted chaos classifier (CHAOS_CLASSIFIER on the tiny model), run in this process on one thread."""
+    import uuid
+
+    prepare_synthetic()
+    with one_thread():
+        return run_job(f"baseline-classifier-micro-{uuid.uuid4().hex[:8]}", "baseline-classifier", dict(CHAOS_CLASSIFIER))
+
+
+def classifier_files_sha256(run: runs.Run) -> dict[str, str]:
+    """sha256 of every saved classifier file (LoRA and head weights) of a run."""
+    from medminds_hpc import artifacts, fileio
+
+    folder = artifacts.path(run, artifacts.CLASSIFIER)
+    return {str(f.relative_to(folder)): fileio.sha256_file(f) for f in sorted(folder.rglob("*.safetensors"))}
+
+
+def chaos_classifier_kill(jobs_dir: Path, rng: Any, reference: runs.Run) -> ChaosOutcome:
+    """The classifier baseline's worker killed with SIGKILL (no signal, no save) once a random checkpoint exists, then
+    the same `submit`: it resumes from its newest checkpoint and ends with the reference's metrics and weights."""
+    from medminds_hpc.training.checkpoint import CheckpointStore
+
+    started = time.time()
+    cfg = CHAOS_CLASSIFIER
+    every = int(cfg["checkpoint_every_steps"])
+    name = f"classifier-chaos-{rng.randrange(10**6)}"
+    toml = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in cfg.items())
+    write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{toml}\n')
+    with environ(OMP_NUM_THREADS="1"):
+        (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
+        run = runs.get(p.run_id)
+        after = every * rng.randrange(1, int(cfg["max_steps"]) // every - 1)
+        deadline = time.time() + 240
+        while not any(c.step >= after for c in CheckpointStore(run.checkpoint_dir).all()) or not job_worker_pids(run.reload().job_ids[-1]):
+            assert time.time() < deadline, f"{run.id}: no checkpoint at step {after} or later within 240 s"
+            assert run.reload().state != runs.COMPLETED, f"{run.id}: finished before it could be killed"
+            time.sleep(0.02)
+        for pid in job_worker_pids(run.job_ids[-1]):
+            os.kill(pid, 9)
+        wait_for(run.id, {runs.FAILED, runs.CANCELLED}, timeout=120)
+        (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
+    wait_for(run.id, {runs.COMPLETED, runs.FAILED, runs.CANCELLED}, timeout=300)
+    run.reload()
+    timing = {"train_seconds", "eval_seconds", "classifier", "run"}
+    got = {k: v for k, v in (run.metrics() or {}).items() if k not in timing}
+    want = {k: v for k, v in reference.metrics().items() if k not in timing}
+    same = run.state == runs.COMPLETED and got == want and classifier_files_sha256(run) == classifier_files_sha256(reference)
+    resumed = run.data.get("resumed_from_steps", [])
+    return ChaosOutcome(
+        "classifier kill -9 + resubmit", 1, 1, equal=int(same), redone=[], interval=every,
+        lost=0 if run.state == runs.COMPLETED else int(cfg["max_steps"]), seconds=round(time.time() - started, 1),
+        checks={"resumed from a checkpoint at or after the one seen before the kill": bool(resumed) and min(resumed) >= after,
+                "one resubmission": len(set(run.job_ids)) == 2},
+        notes=[f"killed after checkpoint {after}, resumed from {resumed}"])
+
+
 def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_delay_s: float = 6.0) -> ChaosOutcome:
     """The expert on the dev cluster, preempted while it saves the checkpoint at the end of a random epoch (made
     slow), so the stop request is pending through that epoch's evaluation, which runs next: the job validates,

@@ -1,6 +1,6 @@
 """Chaos on the real dev cluster, in its reduced form (one repetition each; a counter stage of a few dozen steps,
 an expert of 20 steps on the tiny model): the expert preempted while it saves at an epoch's end, so that the stop is
-pending through that epoch's evaluation; a run that times out several times; 2N `medminds submit` at once. Each run
+pending through that epoch's evaluation; the classifier baseline killed with SIGKILL and resubmitted; a run that times out several times; 2N `medminds submit` at once. Each run
 ends with the result of an uninterrupted run of the same config (the expert: its metrics and adapter bytes) and no
 step lost. The full disk is in test_disk_full.py, kill -9 and the controller stopped in test_faults.py.
 `benchmarks/chaos.py` runs every scenario with repetitions, K preemptions at random steps of one run among them.
@@ -14,8 +14,8 @@ import random
 
 import pytest
 
-from tests.helpers import (ChaosOutcome, chaos_concurrent_submits, chaos_expert_preemption, chaos_time_outs,
-                           counter_reference, expert_reference)
+from tests.helpers import (ChaosOutcome, chaos_classifier_kill, chaos_concurrent_submits, chaos_expert_preemption,
+                           chaos_time_outs, classifier_reference, counter_reference, expert_reference)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.chaos, pytest.mark.timeout(400)]
 
@@ -52,6 +52,13 @@ def test_an_expert_preempted_during_a_save_before_an_evaluation_ends_with_the_sa
     """Its checks: the stop came at the step after the epoch's save (so during the save, and the evaluation ran
     with it pending), every epoch was evaluated once, the run resumed rather than restarted."""
     outcome = chaos_expert_preemption(jobs_dir, rng, expert_reference())
+    assert_nothing_lost(outcome, rng.seed_used)
+
+
+def test_a_classifier_killed_without_a_signal_resumes_when_resubmitted_and_ends_with_the_same_metrics_and_weights(jobs_dir, rng):
+    """Its checks: the resubmission resumed from a checkpoint at or after the one seen before the kill (never from
+    step 0), and it was one resubmission (two job ids)."""
+    outcome = chaos_classifier_kill(jobs_dir, rng, classifier_reference())
     assert_nothing_lost(outcome, rng.seed_used)
 
 
