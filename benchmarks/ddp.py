@@ -32,8 +32,9 @@ SHAPES = {1: 'gpu = "any"\ngpus = 1', 2: 'gpu = "any"\ngpus = 2', 3: 'gpu = "any
 def experiment(model: str, steps: int, batch: int, ranks: int) -> str:
     params = dict(adapter="none", lora_dropout=0.0, learning_rate=1e-3, batch_size=batch, max_steps=steps, max_train_rows=480,
                   eval_rows=12, checkpoint_every_steps=10_000, max_length=128, selection="validation", warmup_steps=0)
-    lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in params.items())
-    return f'stage = "baseline-classifier"\nmodel = "{model}"\n[params]\n{lines}\n[resources.micro]\npartition = "gpu"\n{SHAPES[ranks]}\n'
+    from tests.helpers import params_toml
+
+    return f'stage = "baseline-classifier"\nmodel = "{model}"\n[params]\n{params_toml(params)}\n[resources.micro]\npartition = "gpu"\n{SHAPES[ranks]}\n'
 
 
 def steps_per_s(run_dir: Path) -> tuple[float, int]:

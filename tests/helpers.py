@@ -46,6 +46,13 @@ def quiet(_message: str) -> None:
     pass
 
 
+def params_toml(params: Any) -> str:
+    """The `key = value` lines of an experiment's [params] table from a dict or a stage config (numbers and
+    strings; other values are left to the stage's defaults)."""
+    items = params.items() if isinstance(params, dict) else vars(params).items()
+    return "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in items if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+
+
 def write_job(jobs_dir: Path, name: str, text: str) -> Path:
     p = jobs_dir / f"{name}.toml"
     p.write_text(text)
@@ -827,8 +834,7 @@ def chaos_classifier_kill(jobs_dir: Path, rng: Any, reference: runs.Run) -> Chao
     cfg = CHAOS_CLASSIFIER
     every = int(cfg["checkpoint_every_steps"])
     name = f"classifier-chaos-{rng.randrange(10**6)}"
-    toml = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in cfg.items())
-    write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{toml}\n')
+    write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{params_toml(cfg)}\n')
     with environ(OMP_NUM_THREADS="1"):
         (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
         run = runs.get(p.run_id)
@@ -868,9 +874,8 @@ def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_
     cfg = small_expert(**CHAOS_EXPERT)
     per_epoch = -(-cfg.max_train_rows // cfg.batch_size)  # no holdout from MedMCQA-free ARC rows beyond max_train_rows
     epoch_end = per_epoch * rng.randrange(1, int(cfg.epochs))
-    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     name = f"expert-chaos-{rng.randrange(10**6)}"  # a run of its own each time (the run id holds the name)
-    write_job(jobs_dir, name, 'stage = "expert"\n[params]\n' + "\n".join(lines) + "\n" + PREEMPTIBLE_A100S + "\n")
+    write_job(jobs_dir, name, 'stage = "expert"\n[params]\n' + params_toml(cfg) + "\n" + PREEMPTIBLE_A100S + "\n")
     with environ(OMP_NUM_THREADS="1", **{SLOW_SAVE_ENV: f"{epoch_end}:{save_delay_s}"}):
         (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
     deadline = time.time() + 300

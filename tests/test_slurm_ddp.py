@@ -14,7 +14,7 @@ import pytest
 
 from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
-from tests.helpers import any_gpu_profile, one_thread, run_job, step_reached, wait_for, write_job
+from tests.helpers import any_gpu_profile, one_thread, params_toml, run_job, step_reached, wait_for, write_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -24,10 +24,6 @@ PARAMS = dict(adapter="none", lora_dropout=0.0, learning_rate=1e-2, optimizer="a
 TOLERANCE = 1e-5
 
 
-def _toml(params: dict) -> str:
-    return "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in params.items())
-
-
 @pytest.fixture
 def ddp_job(jobs_dir, medminds_home, monkeypatch):
     """Prepared micro data, the tiny model built once, and a classifier experiment `ddp-cls` on a100s."""
@@ -35,7 +31,7 @@ def ddp_job(jobs_dir, medminds_home, monkeypatch):
     prepare("micro", source="synthetic", say=lambda *_: None)
 
     def write(resources: str, name: str = "ddp-cls", **changes) -> str:
-        write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{_toml({**PARAMS, **changes})}\n'
+        write_job(jobs_dir, name, f'stage = "baseline-classifier"\n[params]\n{params_toml({**PARAMS, **changes})}\n'
                                   f'[resources.micro]\npartition = "gpu-preempt"\n{resources}\n')
         return name
 

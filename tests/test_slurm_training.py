@@ -11,7 +11,7 @@ import torch
 
 from medminds_hpc import runs, submit
 from medminds_hpc.data.prepare import prepare
-from tests.helpers import one_thread, write_job
+from tests.helpers import one_thread, params_toml, write_job
 from tests.helpers import run_expert as run_stage, small_expert as small
 from tests.helpers import assert_was_preempted, preempt_victim_node, step_reached, wait_for
 
@@ -34,8 +34,7 @@ def expert_job(jobs_dir, medminds_home, monkeypatch, references):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     prepare("micro", source="synthetic", say=lambda *_: None)
     cfg = small(**PARAMS)
-    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in vars(cfg).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-    write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + "\n".join(lines) + '\n[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"\n')
+    write_job(jobs_dir, "expert-small", 'stage = "expert"\n[params]\n' + params_toml(cfg) + '\n[resources.micro]\ngpu = "a100"\ngpus = 1\npartition = "gpu-preempt"\n')
 
     def reference() -> runs.Run:
         if "run" not in references:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 from medminds_hpc import artifacts, compat, distributed, fileio
 from medminds_hpc.context import StageContext, StopRequested
+from medminds_hpc.training import checkpoint
 from medminds_hpc.training.options import TrainOptions
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -292,7 +293,7 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     from transformers import Trainer
 
     distributed.active()  # several ranks: join their group now, with its bounded timeout, before the Trainer does
-    staging = ctx.checkpoints.root / ".trainer"
+    staging = ctx.checkpoints.root / checkpoint.TRAINER_STAGING
     if ctx.is_rank_zero:
         shutil.rmtree(staging, ignore_errors=True)  # half-written saves of a killed attempt
     args = training_arguments(plan.options, staging, plan.args_class, **plan.args_extra)
