@@ -52,6 +52,15 @@ Measured (--threads 1, two cores shared with other jobs; figures from one run ea
   ~1 ms), 1.37x; (b') 1.07x; (c) / (a + b) 35.1x; memory 0.55x at batch 8 and 0.59x at batch 32; extraction
   40.9 questions/s; cache 2.094 MB per 1,000 questions. A contiguous transposed copy of the LM head for the
   gradient's product (1.7x faster alone) did not speed a whole step up measurably, so it is not used.
+- quiet machine, torch's default 2 threads (4 min): (a) 32.2 s, (b) 14.0 s (weighted 4.4, transformer 5.9,
+  late-fusion 3.8), 1.44x; (b') 1.07x; (c) / (a + b) 32.4x; memory 0.59x at batch 32; extraction 62.2 questions/s.
+  A second thread speeds the extraction's compute more than the heads' reads of the LM head.
+Where the rest of a step goes (one thread, 32,000 x 256 fp32 LM head = 32.8 MB, which stays in this machine's L3;
+one pass over it alone takes ~1.6 ms): the fold R @ W ~2.2 ms; the gradient G @ W.T ~5.1 ms, MKL's product with
+a transposed operand and 8 rows; Adam ~1.4 ms (fused: ~0.6 ms, -0.7 ms a step, 9.3 vs 10.0 ms for late-fusion).
+Tried and dropped, each slower or no faster in a whole step: the gradient through a transposed copy (two 32.8 MB
+layouts no longer share the cache: 14.5 vs 9.2 ms a step), the LM head stored hidden x vocab only, the projection
+stored vocab x 4, blocked and block-diagonal products (4.3-6.9 ms for the gradient alone).
 """
 
 from __future__ import annotations

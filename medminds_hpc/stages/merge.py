@@ -5,15 +5,23 @@ pass per question. The base is loaded once with both experts (`features.load_exp
 `add_weighted_adapter` builds the adapter "merged" from them, and " A".." D" are scored at the answer position
 exactly as baseline-nextword scores them.
 
-    medminds submit merge-linear --dataset micro      # weighted sum of the LoRA factors (both experts' ranks equal)
+    medminds submit merge-linear --dataset micro      # w_task * update_task + w_domain * update_domain, exactly
     medminds submit merge-ties --dataset micro        # TIES: trim to `density`, elect signs, average agreeing values
     medminds submit merge-dare --dataset micro        # DARE-TIES: random drop to `density` (seeded), rescale, TIES
 
-peft merges the A and the B factors separately: `linear` with weights [w, 0] is exactly w times the task expert's
-update, but [0.5, 0.5] is not the mean of the two updates (it adds the cross terms B_task A_domain and
-B_domain A_task); all three methods need both experts to have the same LoRA rank (the projections may differ). Writes predictions.parquet, metrics.json and artifacts/merged (the merged
-adapter in peft format, loadable with `attach_adapters`). Scoring holds no state worth a checkpoint: a preempted
-job merges again (seeded, so identically) and scores from the start.
+Every method works on each projection's whole update, delta = scaling * B @ A (the experts' task vectors), never
+on the LoRA factors one by one: two adapters trained apart share no basis for their A and B factors, so averaging
+or trimming the factors (peft's `linear`, `ties`, `dare_ties`) mixes in the cross terms B_task A_domain and
+B_domain A_task. `linear` is peft's `cat` (the exact weighted sum of the updates, rank r_task + r_domain); `ties`
+and `dare-ties` are peft's `ties_svd` and `dare_ties_svd` (the method on the full updates, then an SVD back to
+rank `svd_rank`, by default r_task + r_domain). The experts may differ in rank and in target projections.
+Measured on the two-kind task of tests/test_combining.py with 12 cues per kind (tiny model, mix accuracy): the
+factor-wise linear average scored 0.42 where the exact mean of the updates scored 0.71 (0.61 and 0.60 on two more
+seeds).
+
+Writes predictions.parquet, metrics.json and artifacts/merged (the merged adapter in peft format, loadable with
+`attach_adapters`). Scoring holds no state worth a checkpoint: a preempted job merges again (seeded, so
+identically) and scores from the start.
 """
 
 from __future__ import annotations
@@ -24,20 +32,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from medminds_hpc import artifacts, fileio
-from medminds_hpc.errors import UserError
 from medminds_hpc.training.options import doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
 
 MERGED = "merged"  # peft's name for the merged adapter
-COMBINATION = {"linear": "linear", "ties": "ties", "dare-ties": "dare_ties"}  # method -> peft combination_type
+COMBINATION = {"linear": "cat", "ties": "ties_svd", "dare-ties": "dare_ties_svd"}  # method -> peft combination_type
 
 
 @dataclass
 class Config:
     method: Literal["linear", "ties", "dare-ties"] = field(default="linear", metadata=doc(
-        "linear: weighted sum of the LoRA factors; ties: trim, elect sign, merge; dare-ties: random drop + rescale, then ties"))
+        "linear: weighted sum of the experts' updates; ties: trim, elect sign, average; dare-ties: random drop + "
+        "rescale, then ties (all on each projection's whole update B @ A)"))
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5], metadata=doc(
         "weight of the task and the domain adapter, in that order ([0.5, 0.5] averages for linear; "
         "ties and dare-ties usually take [1.0, 1.0], as their sign election already averages)"))
@@ -46,6 +54,8 @@ class Config:
     eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass"))
     max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)"))
     seed: int = field(default=3407, metadata=doc("seed of dare-ties' random drop"))
+    svd_rank: int = field(default=0, metadata=doc(
+        "rank of the merged adapter of ties and dare-ties (an SVD of the merged updates); 0: the experts' ranks summed"))
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,17 +64,10 @@ class Config:
                             "give e.g. -o weights=1,1")
         if not 0 < self.density <= 1:
             problems.append(f"density: expected a share in (0, 1], got {self.density!r}; give e.g. -o density=0.5")
+        if self.svd_rank < 0:
+            problems.append(f"svd_rank: expected 0 (the experts' ranks summed) or a positive rank, got {self.svd_rank!r}")
         if problems:
             raise ValueError("; ".join(problems))
-
-
-def check_equal_ranks(model: Any, names: list[str]) -> None:
-    """peft's linear, ties and dare-ties merges need one LoRA rank across the adapters: say so before peft fails."""
-    ranks = {name: model.peft_config[name].r for name in names}
-    if len(set(ranks.values())) != 1:
-        listed = ", ".join(f"{name} r={r}" for name, r in ranks.items())
-        raise UserError(f"merging needs experts of the same LoRA rank, got {listed}; retrain one expert with "
-                        f"-o lora_r={ranks[names[0]]}")
 
 
 def merge_adapters(model: Any, cfg: Config, names: list[str]) -> Any:
@@ -73,13 +76,37 @@ def merge_adapters(model: Any, cfg: Config, names: list[str]) -> Any:
 
     from medminds_hpc.modeling.adapters import set_active_adapter
 
-    check_equal_ranks(model, names)
     torch.manual_seed(cfg.seed)  # dare-ties drops values at random
-    density = None if cfg.method == "linear" else cfg.density
+    combination = COMBINATION[cfg.method]
+    extra: dict[str, Any] = {}
+    if combination != "cat":
+        ranks = sum(model.peft_config[name].r for name in names)
+        # the reduced SVD: the full one of a 4,096 x 14,336 projection is most of a merge's time and memory
+        extra = dict(density=cfg.density, svd_rank=cfg.svd_rank or ranks, svd_full_matrices=False)
     model.add_weighted_adapter(adapters=names, weights=list(cfg.weights), adapter_name=MERGED,
-                               combination_type=COMBINATION[cfg.method], density=density)
+                               combination_type=combination, **extra)
+    pad_to_rank(model, MERGED)
     set_active_adapter(model, MERGED)
     return model
+
+
+def pad_to_rank(model: Any, name: str) -> None:
+    """Zero-pad adapter `name`'s factors to its configured rank where a projection is narrower than that rank.
+
+    The reduced SVD of an (out x in) update has min(out, in) components: peft then leaves A and B with that many
+    rows and columns while the adapter's config says r, which would not load back. Zero rows add nothing."""
+    import torch
+
+    rank = model.peft_config[name].r
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or name not in lora_a:
+            continue
+        a, b = lora_a[name].weight, lora_b[name].weight
+        if a.shape[0] < rank:
+            missing = rank - a.shape[0]
+            a.data = torch.cat([a.data, a.data.new_zeros(missing, a.shape[1])])
+            b.data = torch.cat([b.data, b.data.new_zeros(b.shape[0], missing)], dim=1)
 
 
 def save_merged(model: Any, directory: Path) -> None:
@@ -116,6 +143,7 @@ def run(ctx: "StageContext", cfg: Config) -> dict[str, Any]:
     eval_seconds = time.time() - started
     extra = {"method": f"merge-{cfg.method}", "model": ctx.model, "weights": list(cfg.weights),
              "density": None if cfg.method == "linear" else cfg.density, "prompt": cfg.prompt,
+             "combination": COMBINATION[cfg.method], "merged_rank": model.peft_config[MERGED].r,
              "merge_seconds": round(merge_seconds, 3), "merged_adapter": str(merged_dir),
              "letter_mass_mean": float(np.exp(logprobs).sum(axis=1).mean()) if len(rows) else None,
              "questions_per_second": len(rows) / eval_seconds if eval_seconds > 0 else None}
