@@ -87,3 +87,35 @@ def test_two_kinds_are_deterministic_balanced_and_unique():
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match=r"kind=3: expected 1 \(ARC-style science\) or 2"):
         synthetic.two_kind_rows(4, 3)
+
+
+def test_fewer_cues_use_the_first_pairs_of_each_table():
+    for kind in (1, 2):
+        rows = synthetic.mixed_rows(300, seed=1, cues=8) if kind == 1 else synthetic.two_kind_rows(300, kind, seed=1, cues=8)
+        kind_rows = [r for r in rows if synthetic.kind_of(r) == kind]
+        used = {c for c, _ in synthetic.KINDS[kind] for r in kind_rows if c.lower() in r["question"].lower()}
+        assert used == {c for c, _ in synthetic.KINDS[kind][:8]}
+        assert all(synthetic.two_kind_answer(r) == r["answer"] for r in kind_rows)
+        partners = {p for _, p in synthetic.KINDS[kind][:8]}
+        assert all(set(r["options"]) <= partners for r in kind_rows)  # distractors from the same 8 pairs
+    assert synthetic.two_kind_rows(60, 2, seed=1) == synthetic.two_kind_rows(60, 2, seed=1, cues=48)
+
+
+@pytest.mark.parametrize("cues", [0, 6, 52])
+def test_a_cue_count_that_is_not_a_multiple_of_four_up_to_48_is_refused(cues):
+    with pytest.raises(ValueError, match=rf"cues={cues}: expected a multiple of 4 from 4 to 48"):
+        synthetic.two_kind_rows(4, 1, cues=cues)
+
+
+def test_pretraining_rows_share_no_word_of_a_cue_with_either_kind():
+    kinds = {w for kind in (1, 2) for cue, _ in synthetic.KINDS[kind] for w in cue.lower().split()}
+    pretraining = {w for cue, _ in synthetic.PRETRAINING_PAIRS for w in cue.lower().split()}
+    assert len(synthetic.PRETRAINING_PAIRS) == 48 and not kinds & pretraining
+    rows = synthetic.pretraining_rows(400, seed=0)
+    assert rows == synthetic.pretraining_rows(400, seed=0) and len({r["id"] for r in rows}) == 400
+    assert set(Counter(r["answer"] for r in rows).values()) == {100}
+    for r in rows:
+        k = next(k for k, (cue, _) in enumerate(synthetic.PRETRAINING_PAIRS) if cue in r["question"])
+        assert r["options"][r["answer"]] == synthetic.PRETRAINING_PAIRS[k][1] and r["answer"] == k % 4
+    templates = {t.split("{")[0] for t in synthetic.PRETRAINING_TEMPLATES}
+    assert len({next(t for t in templates if r["question"].startswith(t)) for r in rows}) >= 5  # both kinds' templates

@@ -58,7 +58,7 @@ def same_weights(a, b) -> bool:
 
 def test_registry_lists_the_models_and_their_sources():
     names = [m.name for m in list_models()]
-    assert names == ["mistral-7b-instruct", "biomistral-7b", "tiny", "tiny-4layer", "smollm2-135m-instruct"]
+    assert names == ["mistral-7b-instruct", "biomistral-7b", "tiny", "tiny-4layer", "tiny-pretrained", "smollm2-135m-instruct"]
     paper = resolve_model("mistral-7b-instruct")
     assert paper.kind == "hub" and paper.hub_id == "mistralai/Mistral-7B-Instruct-v0.2"
     assert paper.unsloth_id == "unsloth/mistral-7b-instruct-v0.2-bnb-4bit"

