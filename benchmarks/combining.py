@@ -60,7 +60,12 @@ one pass over it alone takes ~1.6 ms): the fold R @ W ~2.2 ms; the gradient G @ 
 a transposed operand and 8 rows; Adam ~1.4 ms (fused: ~0.6 ms, -0.7 ms a step, 9.3 vs 10.0 ms for late-fusion).
 Tried and dropped, each slower or no faster in a whole step: the gradient through a transposed copy (two 32.8 MB
 layouts no longer share the cache: 14.5 vs 9.2 ms a step), the LM head stored hidden x vocab only, the projection
-stored vocab x 4, blocked and block-diagonal products (4.3-6.9 ms for the gradient alone).
+stored vocab x 4, blocked and block-diagonal products (4.3-6.9 ms for the gradient alone), 16 or 32 rows instead of
+8 (no faster per row). Both products are bound by the multiply-adds, not by reading the LM head: the fold runs at
+~60 GFLOP/s, the gradient at ~26 (8 x 32,000 x 256 x 2 each), while one plain pass over the 32.8 MB takes 1.6 ms. So
+fusing the gradient, Adam and the next step's fold into one pass over the LM head (one read instead of two) would
+save little; what is left is that kernel's speed (in bf16 the gradient takes 1.6 ms, but that would change the
+numbers the fp32 heads learn).
 """
 
 from __future__ import annotations
