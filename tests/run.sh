@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash install.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec .venv/bin/python -m pytest -m "not gpu" "$@"
+exec .venv/bin/python -m pytest -m "not gpu" --durations=25 "$@"
