@@ -200,7 +200,7 @@ def merged_by_kind(merge_experts: dict[str, Any], method: str) -> dict[str, floa
     return merged
 
 
-def test_the_pretrained_base_answers_its_own_table_but_neither_kind(data):
+def test_the_pretrained_base_answers_its_own_table_but_neither_kind():
     """The control of the merges: what the merged experts know of the kinds, the base did not already know."""
     from medminds_hpc.modeling.loading import load_model
     from medminds_hpc.modeling.scoring import letter_logprobs

@@ -94,7 +94,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="tiny-pretrained",
             kind="tiny",
-            description="tiny, first trained on a synthetic multiple-choice table of its own (~30 s; merge tests)",
+            description="tiny, first trained on a synthetic multiple-choice table of its own (~40 s; merge tests)",
             tiny=tiny_models.TINY_PRETRAINED,
         ),
         ModelSpec(

@@ -114,7 +114,7 @@ def pretrain(model: Any, tokenizer: Any, steps: int, seed: int) -> None:
     cue to a letter, and merging two such adapters adds two conflicting circuits. Pretrained this way, the base
     already reads a question's cue and answers with a letter (~100% on held-out rows of its table, chance on the two
     kinds' tables), as an instruction-tuned base answers multiple-choice questions; an expert then only adds its
-    facts. About 30 s on one CPU thread; the cache keeps the result."""
+    facts. About 40 s on one CPU thread; the cache keeps the result."""
     import torch
 
     from medminds_hpc.data import prompts, synthetic
