@@ -95,11 +95,12 @@ MB = 1e6
 # one plain training loop for both sources of states ----------------------------------------------------------
 def train_head(head: Any, states_of: Callable[[Any], tuple[Any, Any]], labels: Any, *, epochs: int, batch_size: int,
                lr: float, seed: int) -> list[float]:
-    """Adam on cross-entropy over shuffled batches; `states_of(row indices)` gives (task, domain) states, from the
-    cache or recomputed. Returns each epoch's mean loss."""
+    """The ensemble stage's optimizer step (fused AdamW, no weight decay, gradients clipped to norm 1, as its
+    Trainer does) on cross-entropy over shuffled batches; `states_of(row indices)` gives (task, domain) states, from
+    the cache or recomputed. Returns each epoch's mean loss."""
     import torch
 
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, fused=True)
     order = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(epochs):
@@ -109,6 +110,7 @@ def train_head(head: Any, states_of: Callable[[Any], tuple[Any, Any]], labels: A
             loss = torch.nn.functional.cross_entropy(head(task, domain), labels[idx.to(labels.device)])
             optimizer.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             optimizer.step()
             total += loss.detach() * len(idx)
         losses.append(float(total) / len(labels))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medminds_hpc.errors import UserError
-from medminds_hpc.modeling.ensemble_heads import METHODS, REDUCES, WeightedHead, build_head
+from medminds_hpc.modeling.ensemble_heads import METHODS, REDUCES, FoldIntoRows, WeightedHead, build_head
 
 VOCAB, HIDDEN = 500, 64
 LETTERS = [11, 23, 37, 41]
@@ -78,13 +78,17 @@ def test_weighted_head_at_1_0_with_letters_is_the_task_experts_next_word_predict
     assert torch.equal(head(task, domain).argmax(1), (domain @ weight[LETTERS].T).argmax(1))
 
 
-def test_late_fusion_learned_has_2_vocab_4_weights_and_equals_a_linear_on_the_concatenated_logits() -> None:
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_late_fusion_has_one_linear_over_both_outputs_and_equals_it_on_the_concatenated_logits(reduce: str) -> None:
     weight = lm_head()
-    head = build_head("late-fusion", "learned", weight, LETTERS, seed=0)
-    assert sum(p.numel() for p in head.parameters()) == 2 * VOCAB * 4 + 4
+    head = build_head("late-fusion", reduce, weight, LETTERS, seed=0)
+    width = VOCAB if reduce == "learned" else len(LETTERS)
+    assert sum(p.numel() for p in head.parameters()) == 2 * width * 4 + 4
+    frozen = weight if reduce == "learned" else weight[LETTERS]
     task, domain = states(6, 1), states(6, 2)
+    bias = head.bias if reduce == "learned" else head.fuse.bias
     with torch.no_grad():
-        direct = head.fuse(torch.cat([task @ weight.T, domain @ weight.T], dim=1))
+        direct = torch.cat([task @ frozen.T, domain @ frozen.T], dim=1) @ head.linear_weight().T + bias
         torch.testing.assert_close(head(task, domain), direct, rtol=1e-4, atol=1e-5)
 
 
@@ -94,14 +98,36 @@ def test_both_learned_reductions_in_one_fold_equal_each_experts_linear_on_its_lo
     head = build_head(method, "learned", weight, LETTERS, seed=0)
     task, domain = states(6, 1), states(6, 2)
     reduced = head.reduced(task, domain)
-    direct = (head.task_reduce.proj(task @ weight.T), head.domain_reduce.proj(domain @ weight.T))
+    linears = [head.reductions.linear_weight(e) for e in (0, 1)]
+    direct = [(x @ weight.T) @ w.T + b for x, w, b in zip((task, domain), linears, head.reduction_bias)]
     for got, want in zip(reduced, direct):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    grads = [torch.autograd.grad(sum(r.square().sum() for r in pair), [head.task_reduce.proj.weight,
-                                                                      head.domain_reduce.proj.weight])
+    grads = [torch.autograd.grad(sum(r.square().sum() for r in pair), head.reductions.weight)[0]
              for pair in (reduced, direct)]
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    # the forward's blocked product and the gradient's layout give the plain products' values on a width they split
+    wide = torch.randn(8 * 125, HIDDEN, generator=torch.Generator().manual_seed(5))
+    fold_weight = torch.randn(wide.shape[0], 8, requires_grad=True)
+    folded = FoldIntoRows.apply(fold_weight, wide)
+    torch.testing.assert_close(folded, fold_weight.T @ wide, rtol=1e-5, atol=1e-4)  # entries ~30: fp32 rounding
+    upstream = torch.randn(8, HIDDEN)
+    (got,) = torch.autograd.grad(folded, fold_weight, upstream)
+    torch.testing.assert_close(got, (upstream @ wide.T).T, rtol=1e-5, atol=1e-4)
+
+
+def test_under_autocast_the_fold_runs_in_its_dtype_on_rows_cast_once() -> None:
+    weight = lm_head()
+    head = build_head("late-fusion", "learned", weight, LETTERS, seed=0)
+    task, domain = states(6, 1), states(6, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(task, domain)
+        low = head.outputs._rows_as(torch.bfloat16)
+        assert low.dtype == torch.bfloat16 and head.outputs._rows_as(torch.bfloat16) is low  # cast once, then reused
+        assert head.outputs.fold(head.reductions.weight.view(VOCAB, 8)).dtype == torch.bfloat16
+    assert head.outputs.rows.dtype == torch.float32
+    torch.testing.assert_close(out.float(), head(task, domain), rtol=5e-2, atol=5e-2)  # near the fp32 head's
+    out.float().square().sum().backward()
+    assert head.reductions.weight.grad.dtype == torch.float32 and torch.isfinite(head.reductions.weight.grad).all()
 
 
 # learning a task that needs both experts ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ How each expert's 32,000-wide output becomes something a head can combine (`redu
   computed).
 
 A linear map of the logits is folded into the LM head, `(h @ W.T) @ R.T == h @ (R @ W).T`, so no head ever
-materialises batch x vocab logits: the cost is 4 x vocab x hidden per step whatever the batch size.
+materialises batch x vocab logits: the cost is 8 x vocab x hidden per step (both experts) whatever the batch size.
 
 Methods: "weighted" (two scalar expert weights, then Linear 4->4), "transformer" (one self-attention block over
 the two experts as two tokens) and "late-fusion" (one Linear over both full outputs). All return raw logits:
@@ -22,7 +22,7 @@ train with `torch.nn.functional.cross_entropy(logits, labels)` on integer labels
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -41,14 +41,15 @@ NHEAD = 4
 class FrozenOutputs(nn.Module):
     """The rows of the frozen LM head an expert's output is read from: all of them, or the 4 letter rows.
 
-    `linear(h, weight, bias)` is `Linear(rows -> out)` applied to the logits `h @ rows.T`, computed through the
-    folded (out x hidden) matrix so the logits themselves never exist."""
+    A Linear(rows -> out) on the logits `h @ rows.T` is `h @ fold(weight).T`: through the folded (out x hidden)
+    matrix, so the logits themselves never exist."""
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
         super().__init__()
         weight = lm_head_weight.detach().float()
         rows = weight if reduce == "learned" else weight[torch.as_tensor(list(letter_ids), dtype=torch.long)]
         self.register_buffer("rows", rows.clone(), persistent=False)
+        self._rows_cast: tuple[torch.dtype, torch.device, torch.Tensor] | None = None  # made at the first autocast fold
 
     @property
     def width(self) -> int:
@@ -62,32 +63,79 @@ class FrozenOutputs(nn.Module):
         """(B, width): the frozen LM head's logits on these rows (only for the 4 letter rows: no full vocab)."""
         return states @ self.rows.T
 
-    def linear(self, states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, out): `logits(states) @ weight.T + bias` without the (B, width) logits."""
-        out = states @ (weight @ self.rows).T
-        return out + bias if bias is not None else out
+    def fold(self, weight: torch.Tensor) -> torch.Tensor:
+        """(out, hidden): `weight.T @ rows` for a (width, out) weight, the map of the logits folded into the LM head.
 
-    def linear_pair(self, task: torch.Tensor, domain: torch.Tensor, task_proj: nn.Linear,
-                    domain_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        """`linear` for both experts through ONE fold of their stacked weights: a step reads the (width x hidden) rows
-        once forward and once backward instead of twice each, and at 4 or 8 output rows that read is the cost."""
-        folded = torch.cat([task_proj.weight, domain_proj.weight]) @ self.rows
-        out = task_proj.weight.shape[0]
-        return task @ folded[:out].T + task_proj.bias, domain @ folded[out:].T + domain_proj.bias
+        Under autocast (the stage's amp) the product runs in the autocast dtype on a copy of the rows made once,
+        not cast again at every product (for Mistral's LM head that cast is 131 MB read per product)."""
+        device = self.rows.device.type
+        if not torch.is_autocast_enabled(device):
+            return FoldIntoRows.apply(weight, self.rows)
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            return FoldIntoRows.apply(weight.to(dtype), self._rows_as(dtype))
+
+    def _rows_as(self, dtype: torch.dtype) -> torch.Tensor:
+        cast = self._rows_cast
+        if cast is None or cast[0] != dtype or cast[1] != self.rows.device:
+            cast = self._rows_cast = (dtype, self.rows.device, self.rows.to(dtype))
+        return cast[2]
 
 
-class Reduce(nn.Module):
-    """One expert's output reduced to 4: a learned Linear(vocab -> 4), or the letter logits as they are."""
+FOLD_BLOCKS = 8  # on CPU the fold's width is split in this many blocks, multiplied as one batch and summed
 
-    def __init__(self, outputs: FrozenOutputs, reduce: str) -> None:
+
+class FoldIntoRows(torch.autograd.Function):
+    """`weight.T @ rows` for a (width, out) weight with out = 8, and its gradient `rows @ grad.T`, in the forms BLAS
+    runs fastest at so few output rows (32,000 x 256 LM head, two threads: fold 1.0 ms, gradient 2.0 ms, against
+    1.7 and 2.7 for `R @ W` and `G @ W.T` with R stored out x width; the same values up to rounding).
+
+    A single product is one long reduction over the width that BLAS gives one thread; FOLD_BLOCKS blocks in one
+    batched product, summed, give every thread blocks. Storing the weight width x out makes its gradient the product
+    `rows @ grad.T` as it comes out, with no transposed copy (a skinny transpose alone costs ~0.7 ms)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        width, out = weight.shape
+        if width % FOLD_BLOCKS or weight.device.type != "cpu":
+            return weight.T @ rows
+        block = width // FOLD_BLOCKS
+        return torch.bmm(weight.reshape(FOLD_BLOCKS, block, out).transpose(1, 2),
+                         rows.reshape(FOLD_BLOCKS, block, rows.shape[1])).sum(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        return rows @ grad.T, None
+
+
+class LearnedReductions(nn.Module):
+    """Both experts' Linear(vocab -> 4) over their LM-head logits (the paper's learned reduction), without bias.
+
+    One (vocab, expert, 4) weight: `linear_weight(e)` is expert e's as nn.Linear stores it (4 x vocab). Stored
+    vocab-major, the two experts' 8 maps fold into the LM head in one product and take their gradient as computed
+    (`FoldIntoRows`). Initialised as nn.Linear would be with `fan_in` inputs."""
+
+    def __init__(self, outputs: FrozenOutputs, fan_in: int) -> None:
         super().__init__()
         self.outputs = outputs
-        self.proj = nn.Linear(outputs.width, NUM_CHOICES) if reduce == "learned" else None
+        bound = 1 / fan_in**0.5
+        self.weight = nn.Parameter(torch.empty(outputs.width, NUM_EXPERTS, NUM_CHOICES).uniform_(-bound, bound))
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        if self.proj is None:
-            return self.outputs.logits(states)
-        return self.outputs.linear(states, self.proj.weight, self.proj.bias)
+    def linear_weight(self, expert: int) -> torch.Tensor:
+        return self.weight[:, expert].T
+
+    def forward(self, task: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, 4), (B, 4)): each expert's logits mapped by its own Linear, through ONE fold of both."""
+        folded = self.outputs.fold(self.weight.view(self.outputs.width, NUM_EXPERTS * NUM_CHOICES))
+        return task @ folded[:NUM_CHOICES].T, domain @ folded[NUM_CHOICES:].T
+
+
+def uniform_bias(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
+    """A bias initialised as nn.Linear's with `fan_in` inputs."""
+    bound = 1 / fan_in**0.5
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
 
 class EnsembleHead(nn.Module):
@@ -112,20 +160,21 @@ class EnsembleHead(nn.Module):
 
 
 class ReducedPairHead(EnsembleHead):
-    """A head that reads each expert's output reduced to 4 (`Reduce`), both reductions computed together."""
+    """A head that reads each expert's output reduced to 4: the letter logits, or a learned Linear(vocab -> 4) per
+    expert (`reductions`, with `reduction_bias` row e the bias of expert e's)."""
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
         super().__init__(lm_head_weight, letter_ids, reduce)
-        self.task_reduce = Reduce(self.outputs, reduce)
-        self.domain_reduce = Reduce(self.outputs, reduce)
+        self.reductions = LearnedReductions(self.outputs, self.outputs.width) if reduce == "learned" else None
+        self.reduction_bias = uniform_bias((NUM_EXPERTS, NUM_CHOICES), self.outputs.width) if reduce == "learned" else None
 
     def reduced(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, 4), (B, 4)): both experts' reduced outputs, after the input checks."""
         task, domain = self._inputs(task_states, domain_states)
-        task_proj, domain_proj = self.task_reduce.proj, self.domain_reduce.proj
-        if task_proj is None or domain_proj is None:
-            return self.task_reduce(task), self.domain_reduce(domain)
-        return self.outputs.linear_pair(task, domain, task_proj, domain_proj)
+        if self.reductions is None or self.reduction_bias is None:
+            return self.outputs.logits(task), self.outputs.logits(domain)
+        task, domain = self.reductions(task, domain)
+        return task + self.reduction_bias[0], domain + self.reduction_bias[1]
 
 
 # the three heads ---------------------------------------------------------------------------------------------
@@ -188,19 +237,31 @@ def _zero_key_slice(grad: torch.Tensor) -> torch.Tensor:
 class LateFusionHead(EnsembleHead):
     """One Linear over both experts' outputs concatenated: 2 x vocab -> 4 (learned), or 4 + 4 letters -> 4.
 
-    With reduce="learned" this is 2 * vocab * 4 weights (256,000 for Mistral's 32,000 tokens) + 4 biases,
-    applied to each expert through the folded LM head, never to a (B, 2 * vocab) concatenation."""
+    With reduce="learned" this is 2 * vocab * 4 weights (256,000 for Mistral's 32,000 tokens) + 4 biases. A Linear
+    over a concatenation is the sum of one Linear per part, so it is held as each expert's (`reductions`, the
+    task's half of the weight first) plus one `bias`, and applied through the folded LM head, never to a
+    (B, 2 * vocab) concatenation. `linear_weight()` is the 4 x (2 * vocab) weight nn.Linear would hold."""
 
     def __init__(self, lm_head_weight: torch.Tensor, letter_ids: Sequence[int], reduce: str) -> None:
         super().__init__(lm_head_weight, letter_ids, reduce)
-        self.fuse = nn.Linear(NUM_EXPERTS * self.outputs.width, NUM_CHOICES)
+        fan_in = NUM_EXPERTS * self.outputs.width
+        self.reductions = LearnedReductions(self.outputs, fan_in) if reduce == "learned" else None
+        self.fuse = nn.Linear(fan_in, NUM_CHOICES) if reduce == "letters" else None
+        self.bias = uniform_bias((NUM_CHOICES,), fan_in) if reduce == "learned" else None
+
+    def linear_weight(self) -> torch.Tensor:
+        if self.fuse is not None:
+            return self.fuse.weight
+        assert self.reductions is not None
+        return torch.cat([self.reductions.linear_weight(e) for e in range(NUM_EXPERTS)], dim=1)
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
         task, domain = self._inputs(task_states, domain_states)
-        # one (8 x width) @ (width x hidden) product folds both experts' halves: the LM head is read once
-        halves = torch.cat(self.fuse.weight.split(self.outputs.width, dim=1))
-        folded = halves @ self.outputs.rows
-        return task @ folded[:NUM_CHOICES].T + domain @ folded[NUM_CHOICES:].T + self.fuse.bias
+        if self.fuse is not None:
+            return self.fuse(torch.cat([self.outputs.logits(task), self.outputs.logits(domain)], dim=1))
+        assert self.reductions is not None and self.bias is not None
+        task, domain = self.reductions(task, domain)
+        return task + domain + self.bias
 
 
 HEADS: dict[str, type[EnsembleHead]] = {"weighted": WeightedHead, "transformer": TransformerHead,

@@ -97,12 +97,16 @@ def load_trainable_state(model: Any, path: Path) -> None:
 
 
 def resolve_optimizer(name: str) -> str:
-    """The Trainer's optimizer name; 8-bit AdamW needs CUDA + bitsandbytes and falls back to AdamW."""
+    """The Trainer's optimizer name; 8-bit AdamW needs CUDA + bitsandbytes and falls back to AdamW.
+
+    AdamW is torch's fused kernel (CPU and CUDA): one pass over each parameter instead of one per operation and
+    tensor, which on small heads with many tensors was a third of a step. "adam" is AdamW with the stage's weight
+    decay (0 for the ensembles, so Adam)."""
     from medminds_hpc.modeling.gpu import cuda_available
 
-    if name == "adamw_8bit":
-        return "adamw_bnb_8bit" if cuda_available() else "adamw_torch"
-    return "adamw_torch"
+    if name == "adamw_8bit" and cuda_available():
+        return "adamw_bnb_8bit"
+    return "adamw_torch_fused"
 
 
 def per_device_batch(batch_size: int, grad_accum: int, world_size: int, where: str = "") -> int:
