@@ -6,24 +6,23 @@
 
 Two experts with random LoRAs (r 16, all seven projections) on `tiny-4layer` built around the real 32,000-token
 Mistral tokenizer when ../shared/data has it (so the LM head is Mistral's width), over the real MedMCQA sample
-(repeated under new ids up to --questions), else synthetic rows. The default run took 12-14 min with --threads 1
-on two cores busy with other jobs, two thirds of it in (c). Prints, side by side:
+(repeated under new ids up to --questions), else synthetic rows. The default run takes about 5 min on two quiet
+cores, most of it in (c). Prints, side by side:
 
 1. Cached vs recompute: (a) one extraction of both experts' last-token states (`features.extract`, model already
    loaded); (b) the three ensemble heads (weighted, transformer, late-fusion; reduce "learned"; Adam, batch 32)
    trained for --epochs from the cache (load included); (c) the same heads and the same loop with both experts'
    states recomputed for every batch, as without a cache (shuffled batches, which pad more than the extraction's
    length-sorted ones). (c) runs --recompute-epochs per head and is scaled to --epochs, which the printout says.
+   (a) and (b) are measured --repeats times, one after the other, and each keeps its fastest run: the machine's
+   speed drifts, and a ratio of two single runs minutes apart carries that drift.
    Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). (b') times the same heads over the letter logits
-   (reduce "letters"). With the learned reduction a step costs ~16 x vocab x hidden multiply-adds whatever the
-   batch, which on a 4-layer model rivals extracting the batch, and on Mistral-7B is a rounding error beside it.
-   Where a step's time goes (torch profiler, one thread): reading the vocab x hidden LM head, once to fold the
-   reductions (R @ W) and once for their gradient (G @ W.T, about twice the fold's time); at 4 or 8 output rows
-   those products are bound by that read, not by the multiply-adds. Adam on the 2 x 4 x vocab weights is under a
-   tenth; the rest (the transformer block, the loss) is small, and this plain loop validates and saves nothing.
-   Both experts' reductions are therefore folded in one product of their stacked weights: the head reads the LM
-   head once forward and once backward per step, not twice each (the same weights, bit for bit). Each head's
-   first-epoch mean loss from (b) and (c) is printed too: the same numbers, since only the states' source differs.
+   (reduce "letters"). Each head first takes one untimed step (kernels, allocator), as (a) has its warm-up
+   forward. The loop is the stage's step: its Trainer's fused AdamW, weight decay and clipping (none for the
+   ensembles, as in the paper). With the learned reduction a step costs two 8 x vocab x hidden products whatever
+   the batch (the fold of both experts' reductions into the LM head, and its gradient), which on a 4-layer model
+   rivals extracting the batch, and on Mistral-7B is a rounding error beside it. Each head's first-epoch mean loss
+   from (b) and (c) is printed too: the same numbers, since only the states' source differs.
 2. Peak memory of a combining stage (one pair of fresh processes per --memory-batches entry): one base with both adapters attached by name
    (`features.load_experts`) vs two full copies of the base each with its adapter, both running both experts'
    forward over one batch. The target (<= 0.6x) is on tensors: the weights' distinct storages plus the forward's
@@ -40,32 +39,25 @@ on two cores busy with other jobs, two thirds of it in (c). Prints, side by side
    costs is the residual stream between layers.
 3. The cache on disk per 1,000 questions and extraction throughput (questions/s).
 
-Measured (--threads 1, two cores shared with other jobs; figures from one run each, so compare within a run):
-- before the folds were fused and the layers ran in row blocks, on quiet cores: (a) 64.6 s, (b) 52.1 s, 1.81x;
-  (b') 1.07x; memory 0.56x at batch 8 and 0.66x at batch 32 (the forward's peak about 68 MB at 32).
-- after, with the cores about four times oversubscribed (the run took 50 min): (a) 410.0 s, (b) 275.0 s (weighted
-  92.3, transformer 97.6, late-fusion 85.1), 1.67x; (b') 1.05x; (c) / (a + b) 13.5x; memory 0.55x at batch 8
-  (forward 13.7 MB) and 0.59x at batch 32, the features stage's default (forward 30.9 MB; weights 77.1 vs 152.1 MB).
-  The learned reduction stays above 1.3x: a step must still read the 32,000 x 256 LM head twice.
-- the same code on a quiet machine (nothing else running; the run took 10 min): (a) 48.9 s, (b) 18.1 s (weighted 5.4,
-  transformer 7.1, late-fusion 5.6; about 9.6 ms a step, of which the two LM-head products are ~4.5 ms and Adam
-  ~1 ms), 1.37x; (b') 1.07x; (c) / (a + b) 35.1x; memory 0.55x at batch 8 and 0.59x at batch 32; extraction
-  40.9 questions/s; cache 2.094 MB per 1,000 questions. A contiguous transposed copy of the LM head for the
-  gradient's product (1.7x faster alone) did not speed a whole step up measurably, so it is not used.
-- quiet machine, torch's default 2 threads (4 min): (a) 32.2 s, (b) 14.0 s (weighted 4.4, transformer 5.9,
-  late-fusion 3.8), 1.44x; (b') 1.07x; (c) / (a + b) 32.4x; memory 0.59x at batch 32; extraction 62.2 questions/s.
-  A second thread speeds the extraction's compute more than the heads' reads of the LM head.
-Where the rest of a step goes (one thread, 32,000 x 256 fp32 LM head = 32.8 MB, which stays in this machine's L3;
-one pass over it alone takes ~1.6 ms): the fold R @ W ~2.2 ms; the gradient G @ W.T ~5.1 ms, MKL's product with
-a transposed operand and 8 rows; Adam ~1.4 ms (fused: ~0.6 ms, -0.7 ms a step, 9.3 vs 10.0 ms for late-fusion).
-Tried and dropped, each slower or no faster in a whole step: the gradient through a transposed copy (two 32.8 MB
-layouts no longer share the cache: 14.5 vs 9.2 ms a step), the LM head stored hidden x vocab only, the projection
-stored vocab x 4, blocked and block-diagonal products (4.3-6.9 ms for the gradient alone), 16 or 32 rows instead of
-8 (no faster per row). Both products are bound by the multiply-adds, not by reading the LM head: the fold runs at
-~60 GFLOP/s, the gradient at ~26 (8 x 32,000 x 256 x 2 each), while one plain pass over the 32.8 MB takes 1.6 ms. So
-fusing the gradient, Adam and the next step's fold into one pass over the LM head (one read instead of two) would
-save little; what is left is that kernel's speed (in bf16 the gradient takes 1.6 ms, but that would change the
-numbers the fp32 heads learn).
+Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs (compare within one run):
+- first version (folds per expert, Adam): (a) 64.6 s, (b) 52.1 s, 1.81x (one thread, quiet cores).
+- one fold for both experts, layers in row blocks for the extraction (quiet, torch's 2 threads): (a) 32.2 s,
+  (b) 14.0 s, 1.44x; (b') 1.07x; (c) / (a + b) 32.4x; memory 0.59x at batch 32; 62.2 questions/s.
+- the reductions stored vocab-major and folded through `ensemble_heads.FoldIntoRows`, fused AdamW: (a) 30.9 s,
+  (b) 11.0 s (weighted 3.4, transformer 4.5, late-fusion 3.0), 1.35x; (b') 1.09x; (c) / (a + b) 33.3x.
+- and the ensembles' unclipped Adam steps (the paper's), the transformer block written out, a warm-up step per
+  head, on a slower moment of the VM: (a) 36.5 s, (b) 11.3 s (weighted 3.4, transformer 4.7, late-fusion 3.2),
+  1.31x; (b') 1.07x; (c) / (a + b) 33.5x; memory 0.59x; 54.7 questions/s; cache 2.094 MB per 1,000 questions.
+Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
+batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
+`rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
+~2.7 ms, or a transposed copy, ~0.7 ms alone); fused AdamW ~0.2 ms of kernel and ~0.3 ms of Python; the rest
+small ops. The transformer head adds ~2 ms of small ops (the letters variant, without the products, takes ~2.4 ms a
+step). Tried and dropped: MKL's prepacked form of the LM head for the gradient (what torch.compile's freezing uses:
+~1.1 ms alone, but 2.7x the LM head's memory and no faster in a whole step); bf16 products under autocast (the
+gradient 0.6 ms, the fold 1.4 ms, a step ~0.4 ms faster, with fp32 changed to bf16 numbers); a single pass over the
+LM head for the gradient, Adam and the next fold (BLAS re-packs its operand at every call, so two products cost
+what they cost whatever the order); padding to 16 rows, other block sizes.
 """
 
 from __future__ import annotations
@@ -95,12 +87,15 @@ MB = 1e6
 # one plain training loop for both sources of states ----------------------------------------------------------
 def train_head(head: Any, states_of: Callable[[Any], tuple[Any, Any]], labels: Any, *, epochs: int, batch_size: int,
                lr: float, seed: int) -> list[float]:
-    """The ensemble stage's optimizer step (fused AdamW, no weight decay, gradients clipped to norm 1, as its
-    Trainer does) on cross-entropy over shuffled batches; `states_of(row indices)` gives (task, domain) states, from
-    the cache or recomputed. Returns each epoch's mean loss."""
+    """The ensemble stage's optimizer step (its Trainer's fused AdamW, its weight decay and gradient clipping) on
+    cross-entropy over shuffled batches; `states_of(row indices)` gives (task, domain) states, from the cache or
+    recomputed. Returns each epoch's mean loss."""
     import torch
 
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, fused=True)
+    from medminds_hpc.stages.ensemble import Config
+
+    stage = Config()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=stage.weight_decay, fused=True)
     order = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(epochs):
@@ -110,7 +105,8 @@ def train_head(head: Any, states_of: Callable[[Any], tuple[Any, Any]], labels: A
             loss = torch.nn.functional.cross_entropy(head(task, domain), labels[idx.to(labels.device)])
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            if stage.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), stage.max_grad_norm)
             optimizer.step()
             total += loss.detach() * len(idx)
         losses.append(float(total) / len(labels))
@@ -123,6 +119,9 @@ def timed_heads(make_head: Callable[[str], Any], states_of: Callable[[Any], tupl
     from medminds_hpc.modeling.ensemble_heads import METHODS
 
     out = {}
+    for method in METHODS:  # warm-up, as (a) had one: a step of each head (kernels, allocator), untimed
+        train_head(make_head(method), states_of, labels[:args.batch_size], epochs=1, batch_size=args.batch_size,
+                   lr=args.lr, seed=0)
     for method in METHODS:
         start = time.perf_counter()
         head = make_head(method)
@@ -234,12 +233,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows-per-shard", type=int, default=1000)
     ap.add_argument("--memory-batch", type=int, default=32, help=argparse.SUPPRESS)  # one probe's batch (child process)
     ap.add_argument("--memory-batches", default="8,32", help="questions in the forward of the memory probes, one pair of probes each")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of (a) and (b), the fastest of each kept")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--probe", choices=["shared", "copies"], help=argparse.SUPPRESS)  # the memory child process
     args = ap.parse_args()
-    if args.recompute_epochs < 1 or args.epochs < 1:
-        ap.error("--epochs and --recompute-epochs must be at least 1")
+    if args.recompute_epochs < 1 or args.epochs < 1 or args.repeats < 1:
+        ap.error("--epochs, --recompute-epochs and --repeats must be at least 1")
     args.recompute_epochs = min(args.recompute_epochs, args.epochs)
     return args
 
@@ -285,21 +285,27 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
     def make_head(method: str, reduce: str = REDUCE) -> Any:
         return build_head(method, reduce, lm_head, letters, seed=0)
 
-    out = Path(tempfile.mkdtemp(prefix="medminds-features-"))
-    try:
-        start = time.perf_counter()
-        features.extract(out, spec, rows, model, tok, batch_size=args.extract_batch)
-        _sync(args.device)
-        t_extract = time.perf_counter() - start
-        size = dir_bytes(out)
-        start = time.perf_counter()
-        cached = features.load(out, spec)
-        assert cached is not None
-        task_all, domain_all = (torch.from_numpy(cached.states[name]).to(dev) for name in ("task", "domain"))
-        t_load = time.perf_counter() - start
-    finally:
-        shutil.rmtree(out)
-    from_cache = timed_heads(make_head, lambda idx: (task_all[idx], domain_all[idx]), labels, args.epochs, args)
+    extracts, loads, from_cache_runs = [], [], []
+    for _ in range(args.repeats):
+        out = Path(tempfile.mkdtemp(prefix="medminds-features-"))
+        try:
+            start = time.perf_counter()
+            features.extract(out, spec, rows, model, tok, batch_size=args.extract_batch)
+            _sync(args.device)
+            extracts.append(time.perf_counter() - start)
+            size = dir_bytes(out)
+            start = time.perf_counter()
+            cached = features.load(out, spec)
+            assert cached is not None
+            task_all, domain_all = (torch.from_numpy(cached.states[name]).to(dev) for name in ("task", "domain"))
+            loads.append(time.perf_counter() - start)
+        finally:
+            shutil.rmtree(out)
+        from_cache_runs.append(timed_heads(make_head, lambda idx: (task_all[idx], domain_all[idx]), labels,
+                                           args.epochs, args))
+    t_extract, t_load = min(extracts), min(loads)
+    from_cache = {method: min((run[method] for run in from_cache_runs), key=lambda timed: timed[0])
+                  for method in from_cache_runs[0]}
     from_cache_letters = timed_heads(lambda method: make_head(method, ALSO), lambda idx: (task_all[idx], domain_all[idx]),
                                      labels, args.epochs, args)
 
@@ -321,7 +327,8 @@ def print_timings(t: Timings, args: argparse.Namespace) -> None:
         f"measured {args.recompute_epochs} of {args.epochs} epochs per head, times x{t.scale:g}")
     print(f"1. cached vs recompute: heads {', '.join(t.from_cache)} (reduce {REDUCE}), Adam lr {args.lr:g}, "
           f"batch {args.batch_size}, {args.epochs} epochs each")
-    print(f"   (a) one extraction, both experts      {t.extract:9.1f} s  (batch {args.extract_batch})")
+    print(f"   (a) one extraction, both experts      {t.extract:9.1f} s  (batch {args.extract_batch}; fastest of "
+          f"{args.repeats}, as (b))")
     print(f"   (b) 3 heads from the cache            {t.cached:9.1f} s  (load {t.load:.2f} s; {per_head(t.from_cache)})")
     print(f"   cached total (a + b)                  {cached_total:9.1f} s  = {cached_total / t.extract:.2f}x one "
           f"extraction (target <= 1.3x)")

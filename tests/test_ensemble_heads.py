@@ -130,6 +130,21 @@ def test_under_autocast_the_fold_runs_in_its_dtype_on_rows_cast_once() -> None:
     assert head.reductions.weight.grad.dtype == torch.float32 and torch.isfinite(head.reductions.weight.grad).all()
 
 
+def test_the_transformer_heads_block_computes_what_its_encoder_layer_module_does() -> None:
+    from medminds_hpc.modeling.ensemble_heads import encoder_layer
+
+    head = build_head("transformer", "learned", lm_head(), LETTERS, seed=0)
+    x = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    for mode in (head.train, head.eval):
+        mode()
+        torch.testing.assert_close(encoder_layer(head.block, x), head.block(x), rtol=1e-6, atol=1e-6)
+    head.train()
+    got = torch.autograd.grad(encoder_layer(head.block, x).square().sum(), [x, *head.block.parameters()])
+    want = torch.autograd.grad(head.block(x).square().sum(), [x, *head.block.parameters()])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # learning a task that needs both experts ---------------------------------------------------------------------
 def synthetic_task(weight: torch.Tensor, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(task states, domain states, labels): for half the rows the task expert's letter logits point strongly at

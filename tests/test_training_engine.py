@@ -170,3 +170,13 @@ def test_missing_tracker_package_is_a_clear_error(medminds_home, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(UserError, match=r"report_to=wandb: the wandb package is not installed.*-o report_to=none"):
         train(make_ctx("wandb-micro-00000001"), plan_for(tiny_classifier(), epochs=1.0, report_to="wandb"))
+
+
+def test_max_grad_norm_reaches_the_trainer_and_the_ensembles_do_not_clip(tmp_path):
+    from medminds_hpc.stages import ensemble
+    from medminds_hpc.training.engine import training_arguments
+
+    assert training_arguments(TrainOptions(), tmp_path).max_grad_norm == 1.0
+    assert training_arguments(TrainOptions(max_grad_norm=0.5), tmp_path).max_grad_norm == 0.5
+    assert ensemble.Config().max_grad_norm == 0.0  # plain Adam steps, as the paper's ensembles
+    assert training_arguments(ensemble.Config(), tmp_path).max_grad_norm == 0.0

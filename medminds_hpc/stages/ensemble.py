@@ -66,6 +66,7 @@ class Config(TrainOptions):
     batch_size: int = 32
     epochs: float = 10.0
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adam"
+    max_grad_norm: float = 0.0  # the paper's ensembles train with plain Adam steps, gradients unclipped
 
     @property
     def cached(self) -> bool:

@@ -142,6 +142,7 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
         per_device_eval_batch_size=options.eval_batch_size,
         gradient_accumulation_steps=options.grad_accum,
         learning_rate=options.learning_rate,
+        max_grad_norm=options.max_grad_norm,
         weight_decay=options.weight_decay,
         warmup_steps=options.warmup_steps,
         lr_scheduler_type=options.lr_scheduler,

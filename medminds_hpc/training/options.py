@@ -19,6 +19,7 @@ class TrainOptions:
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = field(default="adamw", metadata=doc("adamw_8bit needs CUDA + bitsandbytes; falls back to adamw on CPU"))
     batch_size: int = field(default=16, metadata=doc("examples per optimizer step (after accumulation)"))
     grad_accum: int = field(default=1, metadata=doc("micro-batches per optimizer step"))
+    max_grad_norm: float = field(default=1.0, metadata=doc("clip the gradients' global norm to this before each step (0: no clipping)"))
     max_length: int = field(default=256, metadata=doc("tokens per example: a training example keeps its whole prompt and loses the end of its answer; a scored prompt loses its start"))
     epochs: float = field(default=1.0, metadata=doc("passes over the training split"))
     max_steps: int = field(default=0, metadata=doc("stop after this many optimizer steps (0: no limit)"))
@@ -43,7 +44,10 @@ class TrainOptions:
 
     def option_problems(self) -> list[str]:
         """What is wrong with the shared training fields (a stage's own __post_init__ adds these to its own)."""
-        return [f"dev_rows: expected 0 (automatic) or more, got {self.dev_rows}"] if self.dev_rows < 0 else []
+        problems = [f"dev_rows: expected 0 (automatic) or more, got {self.dev_rows}"] if self.dev_rows < 0 else []
+        if not self.max_grad_norm >= 0:
+            problems.append(f"max_grad_norm: expected 0 (no clipping) or a positive norm, got {self.max_grad_norm}")
+        return problems
 
     def __post_init__(self) -> None:
         problems = self.option_problems()
