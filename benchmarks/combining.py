@@ -17,9 +17,11 @@ cores, most of it in (c). Prints, side by side:
    (a) and (b) are measured --repeats times, one after the other, and each keeps its fastest run: the machine's
    speed drifts, and a ratio of two single runs minutes apart carries that drift.
    Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). (b') times the same heads over the letter logits
-   (reduce "letters"). Each head first takes one untimed step (kernels, allocator), as (a) has its warm-up
-   forward. The loop is the stage's step: its Trainer's fused AdamW, weight decay and clipping (none for the
-   ensembles, as in the paper). With the learned reduction a step costs two 8 x vocab x hidden products whatever
+   (reduce "letters"); (b'') trains (b)'s heads through the stage's own Trainer (the engine's Trainer class, the
+   stage's TrainingArguments, dataset and collator; no checkpoints, no validation), which adds its bookkeeping
+   (data loader, callbacks, scheduler) to every step. Each head first takes one untimed step (kernels,
+   allocator), as (a) has its warm-up forward. The plain loop is the stage's step: its Trainer's fused AdamW,
+   weight decay and clipping (none for the ensembles, as in the paper). With the learned reduction a step costs two 8 x vocab x hidden products whatever
    the batch (the fold of both experts' reductions into the LM head, and its gradient), which on a 4-layer model
    rivals extracting the batch, and on Mistral-7B is a rounding error beside it. Each head's first-epoch mean loss
    from (b) and (c) is printed too: the same numbers, since only the states' source differs.
@@ -128,6 +130,41 @@ def timed_heads(make_head: Callable[[str], Any], states_of: Callable[[Any], tupl
         losses = train_head(head, states_of, labels, epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=0)
         _sync(args.device)
         out[method] = (time.perf_counter() - start, losses)
+    return out
+
+
+def trainer_heads(make_head: Callable[[str], Any], task: Any, domain: Any, labels: Any, args: argparse.Namespace) -> dict[str, float]:
+    """{method: seconds} for each head trained from the cached states through the stage's own Trainer: the
+    engine's Trainer class, the ensemble stage's TrainingArguments, dataset and collator (no checkpoints, no
+    validation). Timed from the first step to the last, so the Trainer's set-up is left out."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback
+
+    from medminds_hpc import compat
+    from medminds_hpc.modeling.ensemble_heads import METHODS, CachedEnsemble
+    from medminds_hpc.stages.ensemble import Config, StatesDataset, states_collator
+    from medminds_hpc.training.engine import training_arguments
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *_: Any, **__: Any) -> None:
+            self.seconds = time.perf_counter() - self.start
+
+    stage_trainer = compat.trainer_with_hooks(Trainer, save_model=lambda *_: None, after_checkpoint=lambda *_: None,
+                                              load_model=lambda *_: None)
+    cfg = Config(epochs=float(args.epochs), batch_size=args.batch_size, learning_rate=args.lr)
+    data = StatesDataset(task.cpu().numpy(), domain.cpu().numpy(), labels.tolist(), list(range(len(labels))))
+    out = {}
+    for method in METHODS:
+        with tempfile.TemporaryDirectory(prefix="medminds-trainer-") as scratch:
+            clock = Clock()
+            trainer = stage_trainer(model=CachedEnsemble(make_head(method)), data_collator=states_collator,
+                                    args=training_arguments(cfg, Path(scratch), save_strategy="no"),
+                                    train_dataset=data, callbacks=[clock])
+            trainer.remove_callback(PrinterCallback)  # its end-of-training dict would interleave with the figures
+            trainer.train()
+            out[method] = clock.seconds
     return out
 
 
@@ -255,6 +292,7 @@ class Timings:
     recomputed: dict[str, tuple[float, list[float]]]
     scale: float  # --epochs / --recompute-epochs: (c) was measured for a part and multiplied by this
     cache_bytes: int
+    through_trainer: dict[str, float]  # the same heads from the cache through the stage's Trainer
 
     @property
     def cached(self) -> float:
@@ -306,6 +344,7 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
     t_extract, t_load = min(extracts), min(loads)
     from_cache = {method: min((run[method] for run in from_cache_runs), key=lambda timed: timed[0])
                   for method in from_cache_runs[0]}
+    through_trainer = trainer_heads(make_head, task_all, domain_all, labels, args)
     from_cache_letters = timed_heads(lambda method: make_head(method, ALSO), lambda idx: (task_all[idx], domain_all[idx]),
                                      labels, args.epochs, args)
 
@@ -315,7 +354,8 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
         return torch.from_numpy(states["task"]).to(dev), torch.from_numpy(states["domain"]).to(dev)
 
     recomputed = timed_heads(make_head, recompute, labels, args.recompute_epochs, args)
-    return Timings(t_extract, t_load, from_cache, from_cache_letters, recomputed, args.epochs / args.recompute_epochs, size)
+    return Timings(t_extract, t_load, from_cache, from_cache_letters, recomputed, args.epochs / args.recompute_epochs, size,
+                   through_trainer)
 
 
 def print_timings(t: Timings, args: argparse.Namespace) -> None:
@@ -332,6 +372,10 @@ def print_timings(t: Timings, args: argparse.Namespace) -> None:
     print(f"   (b) 3 heads from the cache            {t.cached:9.1f} s  (load {t.load:.2f} s; {per_head(t.from_cache)})")
     print(f"   cached total (a + b)                  {cached_total:9.1f} s  = {cached_total / t.extract:.2f}x one "
           f"extraction (target <= 1.3x)")
+    trainer_total = t.extract + t.load + sum(t.through_trainer.values())
+    print(f"   (b'') (b) through the stage's Trainer {trainer_total - t.extract:9.1f} s  ("
+          + ", ".join(f"{m} {sec:.1f} s" for m, sec in t.through_trainer.items())
+          + f"): cached total {trainer_total / t.extract:.2f}x one extraction")
     letters_total = t.extract + t.load + sum(sec for sec, _ in t.from_cache_letters.values())
     print(f"   (b') the same, reduce {ALSO}          {letters_total - t.extract:9.1f} s  ({per_head(t.from_cache_letters)}): "
           f"cached total {letters_total / t.extract:.2f}x one extraction")

@@ -180,3 +180,35 @@ def test_max_grad_norm_reaches_the_trainer_and_the_ensembles_do_not_clip(tmp_pat
     assert training_arguments(TrainOptions(max_grad_norm=0.5), tmp_path).max_grad_norm == 0.5
     assert ensemble.Config().max_grad_norm == 0.0  # plain Adam steps, as the paper's ensembles
     assert training_arguments(ensemble.Config(), tmp_path).max_grad_norm == 0.0
+
+
+@pytest.mark.parametrize("max_grad_norm,norms", [(0.0, 3), (1.0, 12)])
+def test_the_gradient_norm_is_computed_to_clip_or_on_logging_steps_only(medminds_home, monkeypatch, max_grad_norm, norms):
+    from accelerate import Accelerator
+
+    calls = []
+    original = Accelerator.clip_grad_norm_
+
+    def counted(self, parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return original(self, parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", counted)
+    outcome = train(make_ctx(f"norm-micro-0000000{int(max_grad_norm)}"),
+                    plan_for(tiny_classifier(), epochs=1.0, max_grad_norm=max_grad_norm))
+    assert outcome.steps == 12  # logging every 4 steps (checkpoint_every_steps)
+    assert len(calls) == norms and all(c == (max_grad_norm or float("inf")) for c in calls)
+
+
+def test_accelerate_asks_for_lomo_once_and_gets_the_same_answer():
+    import accelerate.optimizer as accelerated
+    from transformers import Trainer
+
+    from medminds_hpc import compat
+    from accelerate.utils import imports
+
+    compat.trainer_with_hooks(Trainer, save_model=print, after_checkpoint=print, load_model=print)
+    assert hasattr(accelerated.is_lomo_available, "cache_info")
+    assert accelerated.is_lomo_available() == imports.is_lomo_available()
+    compat.ask_once_for_lomo()  # a second class wraps nothing twice
+    assert not hasattr(accelerated.is_lomo_available.__wrapped__, "cache_info")
