@@ -48,8 +48,13 @@ Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs
 - the reductions stored vocab-major and folded through `ensemble_heads.FoldIntoRows`, fused AdamW: (a) 30.9 s,
   (b) 11.0 s (weighted 3.4, transformer 4.5, late-fusion 3.0), 1.35x; (b') 1.09x; (c) / (a + b) 33.3x.
 - and the ensembles' unclipped Adam steps (the paper's), the transformer block written out, a warm-up step per
-  head, on a slower moment of the VM: (a) 36.5 s, (b) 11.3 s (weighted 3.4, transformer 4.7, late-fusion 3.2),
-  1.31x; (b') 1.07x; (c) / (a + b) 33.5x; memory 0.59x; 54.7 questions/s; cache 2.094 MB per 1,000 questions.
+  head: (a) 36.5 s, (b) 11.3 s, 1.31x (a slow moment of the VM); then with the fastest of 2 runs: (a) 31.3 s,
+  (b) 9.7 s, 1.31x.
+- and the Trainer's gradient norm only on logging steps, lomo asked for once, batches fetched at once: (a) 28.7 s,
+  (b) 8.7 s (weighted 2.8, transformer 3.5, late-fusion 2.4), 1.30x (1.303); (b'') through the stage's Trainer
+  10.5 s (3.4, 4.3, 2.8), 1.37x: the Trainer's bookkeeping is ~1 ms a step (data loader and accelerate's
+  wrappers, callbacks, scheduler); (b') 1.06x; (c) / (a + b) 39.5x; memory 0.59x at batch 32; extraction
+  69.7 questions/s; cache 2.094 MB per 1,000 questions.
 Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
 batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
 `rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
