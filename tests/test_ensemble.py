@@ -234,4 +234,3 @@ def test_keep_best_with_selection_dev_keeps_the_epoch_best_on_rows_carved_from_t
     kept = head_of(ctx.run.id)
     assert kept and all(torch.equal(kept[name], chosen[f"head.{name}"]) for name in kept)  # scored with the chosen weights
     assert not [r for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if r.get("event") == "feature cache rebuilt"]
-
