@@ -14,8 +14,8 @@ cores, most of it in (c). Prints, side by side:
    trained for --epochs from the cache (load included); (c) the same heads and the same loop with both experts'
    states recomputed for every batch, as without a cache (shuffled batches, which pad more than the extraction's
    length-sorted ones). (c) runs --recompute-epochs per head and is scaled to --epochs, which the printout says.
-   (a) and (b) are measured --repeats times, one after the other, and each keeps its fastest run: the machine's
-   speed drifts, and a ratio of two single runs minutes apart carries that drift.
+   (a), (b) and (b'') are measured in --repeats rounds, one after the other, and each keeps its fastest run: the
+   machine's speed drifts, and a ratio of two single runs minutes apart carries that drift.
    Ratios: (a + b) / a (target <= 1.3x) and (c) / (a + b). (b') times the same heads over the letter logits
    (reduce "letters"); (b'') trains (b)'s heads through the stage's own Trainer (the engine's Trainer class, the
    stage's TrainingArguments, dataset and collator; no checkpoints, no validation), which adds its bookkeeping
@@ -275,7 +275,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows-per-shard", type=int, default=1000)
     ap.add_argument("--memory-batch", type=int, default=32, help=argparse.SUPPRESS)  # one probe's batch (child process)
     ap.add_argument("--memory-batches", default="8,32", help="questions in the forward of the memory probes, one pair of probes each")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of (a) and (b), the fastest of each kept")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of (a), (b) and (b''), the fastest of each kept")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--probe", choices=["shared", "copies"], help=argparse.SUPPRESS)  # the memory child process
@@ -328,7 +328,7 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
     def make_head(method: str, reduce: str = REDUCE) -> Any:
         return build_head(method, reduce, lm_head, letters, seed=0)
 
-    extracts, loads, from_cache_runs = [], [], []
+    extracts, loads, from_cache_runs, trainer_runs = [], [], [], []
     for _ in range(args.repeats):
         out = Path(tempfile.mkdtemp(prefix="medminds-features-"))
         try:
@@ -346,10 +346,11 @@ def cached_vs_recompute(model: Any, tok: Any, experts: dict[str, Any], rows: lis
             shutil.rmtree(out)
         from_cache_runs.append(timed_heads(make_head, lambda idx: (task_all[idx], domain_all[idx]), labels,
                                            args.epochs, args))
+        trainer_runs.append(trainer_heads(make_head, task_all, domain_all, labels, args))
     t_extract, t_load = min(extracts), min(loads)
     from_cache = {method: min((run[method] for run in from_cache_runs), key=lambda timed: timed[0])
                   for method in from_cache_runs[0]}
-    through_trainer = trainer_heads(make_head, task_all, domain_all, labels, args)
+    through_trainer = {method: min(run[method] for run in trainer_runs) for method in trainer_runs[0]}
     from_cache_letters = timed_heads(lambda method: make_head(method, ALSO), lambda idx: (task_all[idx], domain_all[idx]),
                                      labels, args.epochs, args)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from medminds_hpc import runs, status, submit
-from tests.helpers import (ROOT, assert_was_preempted, cli, counter_job, preempt_victim_node, quiet, run_cli, sacct_states,
-                           settled_sacct, slurm_options as opts, state_of, step_reached, wait_for, write_job)
+from tests.helpers import (ROOT, assert_was_preempted, cli, counter_job, preempt_victim_node, quiet, run_cli, sacct_rows,
+                           sacct_states, settled_sacct, slurm_options as opts, state_of, step_reached, wait_for, write_job)
 from tests.stages.counter import expected_value
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
@@ -68,11 +68,17 @@ def test_dependant_waits_for_upstream(jobs_dir):
     write_job(jobs_dir, "down", counter_job(steps=2, needs='["up"]'))
     up, down = submit.submit("down", opts(), say=quiet)
     assert runs.get(down.run_id).data["submissions"][0]["dependencies"] == [up.job_ids[0]]
-    wait_for(up.run_id, {"RUNNING"})
+    # held for the upstream job while that one is still in the queue (pending or running: its steps take 4 s)
     reason = subprocess.run(["squeue", "-h", "-j", down.job_ids[0], "-o", "%T %r"], capture_output=True, text=True).stdout
-    assert reason.split()[0] == "PENDING" and "Dependency" in reason
+    upstream_queued = subprocess.run(["squeue", "-h", "-j", up.job_ids[0], "-o", "%T"], capture_output=True, text=True).stdout
+    assert reason.split()[0] == "PENDING" and "Dependency" in reason, reason
+    assert upstream_queued.split()[0] in {"PENDING", "CONFIGURING", "RUNNING"}, upstream_queued
     wait_for(down.run_id, {runs.COMPLETED})
     assert state_of(up.run_id).state == runs.COMPLETED
+    for job in (up.job_ids[0], down.job_ids[0]):
+        settled_sacct(job)  # accounting lags the jobs under load
+    (up_row,), (down_row,) = sacct_rows(up.job_ids[0]), sacct_rows(down.job_ids[0])
+    assert down_row["Start"] >= up_row["End"]  # ISO times: the dependant started once the upstream had ended
 
 
 def test_dependant_is_cancelled_when_upstream_fails(jobs_dir):

@@ -60,7 +60,7 @@ class FrozenOutputs(nn.Module):
         return int(self.rows.shape[1])
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """(B, width): the frozen LM head's logits on these rows (only for the 4 letter rows: no full vocab)."""
+        """(..., width): the frozen LM head's logits on these rows (only for the 4 letter rows: no full vocab)."""
         return states @ self.rows.T
 
     def fold(self, weight: torch.Tensor) -> torch.Tensor:
@@ -126,10 +126,14 @@ class LearnedReductions(nn.Module):
     def linear_weight(self, expert: int) -> torch.Tensor:
         return self.weight[:, expert].T
 
-    def forward(self, task: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, 4), (B, 4)): each expert's logits mapped by its own Linear, through ONE fold of both."""
+    def forward(self, pair: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(expert, B, 4) from (expert, B, hidden) states: each expert's logits mapped by its own Linear (plus row
+        e of an (expert, 4) `bias`), through ONE fold of both and one batched product."""
         folded = self.outputs.fold(self.weight.view(self.outputs.width, NUM_EXPERTS * NUM_CHOICES))
-        return task @ folded[:NUM_CHOICES].T, domain @ folded[NUM_CHOICES:].T
+        per_expert = folded.view(NUM_EXPERTS, NUM_CHOICES, self.outputs.hidden).transpose(1, 2)
+        if bias is None:
+            return torch.bmm(pair, per_expert)
+        return torch.baddbmm(bias.unsqueeze(1), pair, per_expert)
 
 
 def uniform_bias(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
@@ -146,17 +150,17 @@ class EnsembleHead(nn.Module):
         self.reduce_kind = reduce
         self.outputs = FrozenOutputs(lm_head_weight, letter_ids, reduce)
 
-    def _inputs(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = []
+    def _inputs(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
+        """(expert, B, hidden): both experts' states, checked and stacked (task first), on the LM head's device."""
         for name, states in (("task", task_states), ("domain", domain_states)):
             if states.dim() != 2 or states.shape[1] != self.outputs.hidden:
                 raise UserError(f"{name} expert states have shape {tuple(states.shape)}, the LM head expects "
                                 f"(rows, {self.outputs.hidden}); rebuild the feature cache with the experts' model")
-            pair.append(states.to(device=self.outputs.rows.device, dtype=self.outputs.rows.dtype))
-        if pair[0].shape[0] != pair[1].shape[0]:
-            raise UserError(f"task and domain states have {pair[0].shape[0]} and {pair[1].shape[0]} rows; "
+        if task_states.shape[0] != domain_states.shape[0]:
+            raise UserError(f"task and domain states have {task_states.shape[0]} and {domain_states.shape[0]} rows; "
                             f"both must come from one feature cache")
-        return pair[0], pair[1]
+        rows = self.outputs.rows
+        return torch.stack([s.to(device=rows.device, dtype=rows.dtype) for s in (task_states, domain_states)])
 
 
 class ReducedPairHead(EnsembleHead):
@@ -168,13 +172,12 @@ class ReducedPairHead(EnsembleHead):
         self.reductions = LearnedReductions(self.outputs, self.outputs.width) if reduce == "learned" else None
         self.reduction_bias = uniform_bias((NUM_EXPERTS, NUM_CHOICES), self.outputs.width) if reduce == "learned" else None
 
-    def reduced(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, 4), (B, 4)): both experts' reduced outputs, after the input checks."""
-        task, domain = self._inputs(task_states, domain_states)
+    def reduced(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
+        """(expert, B, 4): both experts' reduced outputs (task first), after the input checks."""
+        pair = self._inputs(task_states, domain_states)
         if self.reductions is None or self.reduction_bias is None:
-            return self.outputs.logits(task), self.outputs.logits(domain)
-        task, domain = self.reductions(task, domain)
-        return task + self.reduction_bias[0], domain + self.reduction_bias[1]
+            return self.outputs.logits(pair)
+        return self.reductions(pair, self.reduction_bias)
 
 
 # the three heads ---------------------------------------------------------------------------------------------
@@ -197,9 +200,8 @@ class WeightedHead(ReducedPairHead):
             self.expert_weights.copy_(torch.tensor([task, domain], dtype=self.expert_weights.dtype))
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
-        task, domain = self.reduced(task_states, domain_states)
-        w = self.expert_weights
-        return self.mix(w[0] * task + w[1] * domain)
+        reduced = self.reduced(task_states, domain_states)
+        return self.mix((self.expert_weights.view(NUM_EXPERTS, 1, 1) * reduced).sum(0))
 
 
 class TransformerHead(ReducedPairHead):
@@ -222,7 +224,7 @@ class TransformerHead(ReducedPairHead):
         self.block.self_attn.in_proj_bias.register_hook(_zero_key_slice)
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
-        tokens = torch.stack(self.reduced(task_states, domain_states), dim=1)  # (B, 2, 4)
+        tokens = self.reduced(task_states, domain_states).transpose(0, 1)  # (B, 2, 4)
         x = self.embed(tokens) + self.expert_embedding
         return self.out(encoder_layer(self.block, x).mean(dim=1))
 
@@ -271,12 +273,11 @@ class LateFusionHead(EnsembleHead):
         return torch.cat([self.reductions.linear_weight(e) for e in range(NUM_EXPERTS)], dim=1)
 
     def forward(self, task_states: torch.Tensor, domain_states: torch.Tensor) -> torch.Tensor:
-        task, domain = self._inputs(task_states, domain_states)
+        pair = self._inputs(task_states, domain_states)
         if self.fuse is not None:
-            return self.fuse(torch.cat([self.outputs.logits(task), self.outputs.logits(domain)], dim=1))
+            return self.fuse(torch.cat(tuple(self.outputs.logits(pair)), dim=1))
         assert self.reductions is not None and self.bias is not None
-        task, domain = self.reductions(task, domain)
-        return task + domain + self.bias
+        return self.reductions(pair).sum(0) + self.bias
 
 
 HEADS: dict[str, type[EnsembleHead]] = {"weighted": WeightedHead, "transformer": TransformerHead,
