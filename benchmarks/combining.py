@@ -55,6 +55,10 @@ Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs
   10.5 s (3.4, 4.3, 2.8), 1.37x: the Trainer's bookkeeping is ~1 ms a step (data loader and accelerate's
   wrappers, callbacks, scheduler); (b') 1.06x; (c) / (a + b) 39.5x; memory 0.59x at batch 32; extraction
   69.7 questions/s; cache 2.094 MB per 1,000 questions.
+- and both experts' reductions in one batched product, (b'') measured in the same rounds as (a) and (b) (before,
+  once after them, on whatever the VM was doing then): (a) 30.6 s, (b) 9.0 s, 1.29x, (b'') 8.8 s, 1.29x; then
+  (a) 32.5 s, (b) 10.2 s, 1.31x, (b'') 9.8 s, 1.30x. Side by side, the stage's Trainer costs what the plain loop
+  does within the VM's drift; its ~0.6 ms of bookkeeping a step shows only on a quiet head measured alone.
 Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
 batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
 `rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
@@ -64,7 +68,11 @@ step). Tried and dropped: MKL's prepacked form of the LM head for the gradient (
 ~1.1 ms alone, but 2.7x the LM head's memory and no faster in a whole step); bf16 products under autocast (the
 gradient 0.6 ms, the fold 1.4 ms, a step ~0.4 ms faster, with fp32 changed to bf16 numbers); a single pass over the
 LM head for the gradient, Adam and the next fold (BLAS re-packs its operand at every call, so two products cost
-what they cost whatever the order); padding to 16 rows, other block sizes.
+what they cost whatever the order); padding to 16 rows, other block sizes; a second, transposed copy of the LM head
+for the gradient (1.0-1.6 ms alone, a step 1.3-2 ms slower: the two products no longer read the same 32.8 MB, which
+otherwise stays in the L3 cache from the fold to the gradient); the weight stored block-major (64 blocks, the
+gradient a batched product against the transposed blocks: ~0.15 ms a step, within the drift); bf16 autocast through
+the Trainer (no faster).
 """
 
 from __future__ import annotations
@@ -275,7 +283,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows-per-shard", type=int, default=1000)
     ap.add_argument("--memory-batch", type=int, default=32, help=argparse.SUPPRESS)  # one probe's batch (child process)
     ap.add_argument("--memory-batches", default="8,32", help="questions in the forward of the memory probes, one pair of probes each")
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of (a), (b) and (b''), the fastest of each kept")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (a), (b) and (b''), the fastest of each kept")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--probe", choices=["shared", "copies"], help=argparse.SUPPRESS)  # the memory child process
