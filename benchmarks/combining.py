@@ -57,8 +57,11 @@ Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs
   69.7 questions/s; cache 2.094 MB per 1,000 questions.
 - and both experts' reductions in one batched product, (b'') measured in the same rounds as (a) and (b) (before,
   once after them, on whatever the VM was doing then): (a) 30.6 s, (b) 9.0 s, 1.29x, (b'') 8.8 s, 1.29x; then
-  (a) 32.5 s, (b) 10.2 s, 1.31x, (b'') 9.8 s, 1.30x. Side by side, the stage's Trainer costs what the plain loop
-  does within the VM's drift; its ~0.6 ms of bookkeeping a step shows only on a quiet head measured alone.
+  (a) 32.5 s, (b) 10.2 s, 1.31x, (b'') 9.8 s, 1.30x; with the fastest of 3 rounds, three runs: (a) 28.0 / 27.0 /
+  28.2 s, (b) 1.29x / 1.29x / 1.27x, (b'') 9.3 / 8.7 / 8.7 s, 1.33x / 1.32x / 1.31x. Over those five runs (b) is
+  1.27-1.31x (median 1.29x) and (b'') 1.29-1.33x (median 1.31x): the Trainer's bookkeeping, ~0.6 ms a step on a
+  quiet head measured alone (a letters late-fusion head: 1.0 ms a step through it, 0.4 ms in the plain loop), is
+  most of what separates the two.
 Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
 batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
 `rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
