@@ -385,7 +385,7 @@ def print_timings(t: Timings, args: argparse.Namespace) -> None:
     print(f"1. cached vs recompute: heads {', '.join(t.from_cache)} (reduce {REDUCE}), Adam lr {args.lr:g}, "
           f"batch {args.batch_size}, {args.epochs} epochs each")
     print(f"   (a) one extraction, both experts      {t.extract:9.1f} s  (batch {args.extract_batch}; fastest of "
-          f"{args.repeats}, as (b))")
+          f"{args.repeats}, as (b) and (b''))")
     print(f"   (b) 3 heads from the cache            {t.cached:9.1f} s  (load {t.load:.2f} s; {per_head(t.from_cache)})")
     print(f"   cached total (a + b)                  {cached_total:9.1f} s  = {cached_total / t.extract:.2f}x one "
           f"extraction (target <= 1.3x)")
