@@ -212,3 +212,42 @@ def test_accelerate_asks_for_lomo_once_and_gets_the_same_answer():
     assert accelerated.is_lomo_available() == imports.is_lomo_available()
     compat.ask_once_for_lomo()  # a second class wraps nothing twice
     assert not hasattr(accelerated.is_lomo_available.__wrapped__, "cache_info")
+
+
+def test_trainable_weights_of_another_shape_are_refused_with_what_to_do(tmp_path):
+    from safetensors.torch import save_file
+
+    from medminds_hpc.training.engine import load_trainable_state
+
+    model = torch.nn.Linear(8, 4)
+    save_file({"weight": torch.zeros(8, 4), "bias": torch.zeros(4)}, str(tmp_path / TRAINABLE_FILE))
+    before = model.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"other shapes \['weight \(8, 4\) vs \(4, 8\)'\].*medminds submit EXPERIMENT --force"):
+        load_trainable_state(model, tmp_path / TRAINABLE_FILE)
+    assert torch.equal(model.weight, before)  # nothing half-loaded
+
+
+def test_a_diverged_loss_is_logged_as_nan_not_hidden(medminds_home):
+    import math
+
+    from medminds_hpc import fileio
+
+    class Diverging(torch.nn.Module):
+        """A loss that turns NaN at the 6th step (and stays NaN: the step's update makes the weight NaN)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def forward(self, input_ids, attention_mask, labels):
+            self.calls += 1
+            loss = (self.w - 1).square().sum()
+            return {"loss": loss * float("nan") if self.calls == 6 else loss}
+
+    ctx = make_ctx("nan-micro-00000001")
+    options = TrainOptions(learning_rate=1e-2, batch_size=8, epochs=1.0, seed=7, weight_decay=0.0, checkpoint_every_steps=4)
+    train(ctx, TrainPlan(model=Diverging(), train_dataset=Rows(96, seed=1), options=options))
+    logged = {r["step"]: r["loss"] for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if "loss" in r}
+    assert sorted(logged) == [4, 8, 12]
+    assert math.isfinite(logged[4]) and math.isnan(logged[8]) and math.isnan(logged[12])

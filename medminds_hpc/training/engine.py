@@ -86,9 +86,12 @@ def load_trainable_state(model: Any, path: Path) -> None:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     unexpected = set(state) - names
     missing = names - set(state)
-    if unexpected or missing:
-        raise RuntimeError(f"{path}: checkpoint does not fit this model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     params = dict(model.named_parameters())
+    reshaped = sorted(f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)}" for n in set(state) & names if state[n].shape != params[n].shape)
+    if unexpected or missing or reshaped:
+        raise RuntimeError(f"{path}: checkpoint does not fit this model (missing {sorted(missing)[:5]}, unexpected "
+                           f"{sorted(unexpected)[:5]}, other shapes {reshaped[:5]}); it was written by another model or "
+                           f"version of this stage: start the run afresh with `medminds submit EXPERIMENT --force`")
     import torch
 
     with torch.no_grad():
@@ -159,6 +162,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
         save_total_limit=None,
         eval_strategy="no",
         logging_steps=max(1, min(50, options.checkpoint_every_steps)),
+        # a NaN or inf loss is logged as it is, not replaced by the window's mean (a diverged run must show it);
+        # the filter also read the loss back from the device at every step
+        logging_nan_inf_filter=False,
         report_to=[] if options.report_to == "none" else [options.report_to],
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
