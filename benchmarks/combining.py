@@ -62,6 +62,9 @@ Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs
   1.27-1.31x (median 1.29x) and (b'') 1.29-1.33x (median 1.31x): the Trainer's bookkeeping, ~0.6 ms a step on a
   quiet head measured alone (a letters late-fusion head: 1.0 ms a step through it, 0.4 ms in the plain loop), is
   most of what separates the two.
+- and a NaN loss logged as it is (the Trainer no longer reads the loss back at every step), three runs on a slower
+  day of the VM (the first before that change): (a) 25.5 / 27.3 / 31.0 s, (b) 1.29x / 1.31x / 1.30x, (b'') 1.33x /
+  1.35x / 1.32x; memory 0.59x at batch 32; extraction 64-78 questions/s.
 Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
 batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
 `rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
@@ -75,7 +78,14 @@ what they cost whatever the order); padding to 16 rows, other block sizes; a sec
 for the gradient (1.0-1.6 ms alone, a step 1.3-2 ms slower: the two products no longer read the same 32.8 MB, which
 otherwise stays in the L3 cache from the fold to the gradient); the weight stored block-major (64 blocks, the
 gradient a batched product against the transposed blocks: ~0.15 ms a step, within the drift); bf16 autocast through
-the Trainer (no faster).
+the Trainer (no faster); the weight stored expert-major (8 x vocab, nn.Linear's layout) with its gradient through
+MKL's packed LM head (`torch.ops.mkl._mkl_linear`, what torch.compile's freezing uses for a CPU Linear; 89 MB, 2.7x
+the LM head): the gradient alone 1.1-1.3 ms against 1.4-2.0, a step 0.5-1 ms faster with two heads' steps
+interleaved in one process, but this benchmark slower ((b'') 1.40x in one run): the fold and the gradient then read
+two buffers, 122 MB, where they now share one; oneDNN's reordered LM head for the gradient (1.3-1.9 ms, no gain);
+the gradient split over two Python threads of one BLAS thread each (2.0-2.1 ms, slower); the Trainer without its
+NaN filter and with one AdamW group: ~0.07 and ~0.09 ms a step on a letters head (the first is kept, so that a
+diverged loss shows in the log).
 """
 
 from __future__ import annotations
