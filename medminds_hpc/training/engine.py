@@ -83,11 +83,12 @@ def load_trainable_state(model: Any, path: Path) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    params = dict(model.named_parameters())
+    names = {n for n, p in params.items() if p.requires_grad}
     unexpected = set(state) - names
     missing = names - set(state)
-    params = dict(model.named_parameters())
-    reshaped = sorted(f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)}" for n in set(state) & names if state[n].shape != params[n].shape)
+    reshaped = sorted(f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)}" for n in set(state) & names
+                      if state[n].shape != params[n].shape)
     if unexpected or missing or reshaped:
         raise RuntimeError(f"{path}: checkpoint does not fit this model (missing {sorted(missing)[:5]}, unexpected "
                            f"{sorted(unexpected)[:5]}, other shapes {reshaped[:5]}); it was written by another model or "
