@@ -31,7 +31,9 @@ def console(stderr: bool = False) -> "Console":
 
 
 def fail(message: str) -> None:
-    console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -148,16 +150,18 @@ def prepare(
     from medminds_hpc.stages import prepare as prepare_stage
 
     try:
+        paths.check_home()
         experiments.check_dataset(dataset)
         cfg = config.build(prepare_stage.Config, {"source": source, "split": split, "seed": seed, "cop_base": cop_base,
                                                   "bad_rows": bad_rows, "force": force,
                                                   "instruct": [s.strip() for s in instruct.split(",") if s.strip()]}, "medminds prepare")
         from medminds_hpc.data.card import card_table
         from medminds_hpc.data.prepare import prepare as run_prepare
+        from medminds_hpc.data.validate import CLI_SKIP_FLAG
 
         out_dir = paths.prepared_dir(prepare_stage.run_id_for(dataset, cfg))
         card = run_prepare(dataset, source=cfg.source, split=cfg.split, seed=cfg.seed, cop_base=cfg.cop_base, bad_rows=cfg.bad_rows,
-                           instruct_sources=cfg.instruct, force=cfg.force, out_dir=out_dir,
+                           instruct_sources=cfg.instruct, force=cfg.force, out_dir=out_dir, skip_flag=CLI_SKIP_FLAG,
                            say=lambda m: console().print(m, highlight=False, markup=False))
     except UserError as e:
         return fail(str(e))
@@ -188,7 +192,9 @@ def status(
                 import time
 
                 ans = status_mod.answer(query, unchanged)
-                text = status_mod.render(ans, query, f"{time.strftime('%H:%M:%S')}  {title}", max_rows)
+                heading = f"{time.strftime('%H:%M:%S')}  {title}"
+                text = status_mod.render(ans, query, heading, max_rows)
+                text = f"{heading}\n{text}" if status_mod.no_runs_yet(ans, query) else text
                 text += f"\n{ans.problems[0]} (and {len(ans.problems) - 1} more)" if ans.problems else ""
                 return text + (f"\nSlurm did not answer ({ans.unanswered}): states as last recorded" if ans.unanswered else "")
 
@@ -200,6 +206,8 @@ def status(
         print(json.dumps([r.as_json() for r in ans.rows], indent=2))
         if not ans.rows and query.filters():
             print(f"no run matches {query.filters()} ({ans.total} runs in {runs.paths.runs_dir()})", file=sys.stderr)
+        elif status_mod.no_runs_yet(ans, query):
+            print(status_mod.no_runs_yet(ans, query), file=sys.stderr)
     else:
         print(status_mod.render(ans, query, f"runs in {runs.paths.runs_dir()}"))
     if ans.problems:

@@ -107,18 +107,29 @@ def stop_jobs(run: runs.Run) -> list[str]:
 
 
 def doctor(cluster: str | None, executor: str | None, gpu_types: list[str], say: Callable[[str], None]) -> list[runs.Run]:
-    from medminds_hpc import submit as submit_mod
+    """Submit the `doctor` experiment once per GPU type and print what each job found.
+
+    Every input (cluster, executor, GPU types, $MEDMINDS_HOME) and every GPU type's run is checked before the
+    first is submitted: a bad one is one line, and nothing is written (no lock, no run folder).
+    """
+    import dataclasses
+
+    from medminds_hpc import paths, submit as submit_mod
 
     profile = clusters.load_profile(cluster)
-    chosen = gpu_types or sorted(profile.gpus)
+    chosen = list(dict.fromkeys(gpu_types)) or sorted(profile.gpus)
     unknown = [g for g in chosen if g not in profile.gpus]
     if unknown:
         raise UserError(f"--gpu: unknown GPU type(s) {', '.join(unknown)} on cluster {profile.name}; valid GPU types: {', '.join(sorted(profile.gpus))}")
-    out = []
-    for gpu in chosen:
-        opts = submit_mod.SubmitOptions(dataset="micro", cluster=profile.name if not cluster else cluster, executor=executor,
+    submit_mod.check_executor(executor or submit_mod.default_executor())
+    options = [submit_mod.SubmitOptions(dataset="micro", cluster=profile.name if not cluster else cluster, executor=executor,
                                         overrides=[f"expect_gpu={gpu}", f"resources.gpu={gpu}", "resources.time=00:10:00"],
-                                        force=True, wait=False)
+                                        force=True, wait=False) for gpu in chosen]
+    for opts in options:  # a dry run plans and checks the run, writing nothing
+        submit_mod.submit("doctor", dataclasses.replace(opts, dry_run=True), say=lambda _message: None)
+    paths.check_home()  # last: its probe file, removed at once, still touches the folder's mtime
+    out = []
+    for opts in options:
         planned = submit_mod.submit("doctor", opts, say=say)
         out.append(planned[-1])
     reports = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medminds_hpc import clusters, config, paths
-from medminds_hpc.errors import UserError
+from medminds_hpc.errors import UserError, many
 from medminds_hpc.stages import StageInfo, get_stage
 
 TOP_LEVEL_KEYS = {"stage", "description", "needs", "model", "shards", "params", "params_by_size", "resources"}
@@ -53,6 +53,7 @@ class Resolved:
     config: Any
     resource_overrides: dict[str, Any]
     shards: int = 1  # tasks of the job array (the experiment's `shards`, or -o shards=N)
+    problems: list[str] = field(default_factory=list)  # what is wrong with it (then `config` is None)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -160,24 +161,44 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def split_overrides(top: str, chain: list[str], overrides: list[str]) -> dict[str, list[str]]:
+def split_overrides(top: str, chain: list[str], overrides: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Route `-o` items to experiments: `key=v` and `resources.key=v` go to `top`, `NAME.key=v` to the needed
-    experiment NAME (e.g. `-o prepare.source=synthetic`)."""
+    experiment NAME (e.g. `-o prepare.source=synthetic`). Returns the routes and the items that go nowhere."""
     routed: dict[str, list[str]] = {name: [] for name in chain}
+    problems = []
     for item in overrides:
         key, _, value = item.partition("=")
         head, dot, rest = key.strip().partition(".")
-        if dot and head != "resources" and head in available():
-            if head not in routed:
-                raise UserError(f"-o {item!r}: {head} is not part of this submission; it involves {', '.join(chain)}")
-            routed[head].append(f"{rest}={value}")
+        if dot and head != "resources":
+            if head not in available():
+                problems.append(f"-o {item!r}: there is no experiment {head!r} (NAME.KEY=VALUE sets experiment NAME's "
+                                f"parameter); experiments: {', '.join(available())}")
+            elif head not in routed:
+                problems.append(f"-o {item!r}: {head} is not part of this submission; it involves {', '.join(chain)}")
+            else:
+                routed[head].append(f"{rest}={value}")
         else:
             routed[top].append(item)
-    return routed
+    return routed, problems
+
+
+def model_of(exp: Experiment, model: str | None) -> str | None:
+    """The base model a run of `exp` loads: --model, else the file's `model`, else the default (None: no model)."""
+    return (model or exp.model or DEFAULT_MODEL) if exp.stage_info.uses_model else None
 
 
 def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: list[str] | None = None) -> Resolved:
-    """Bind an experiment to a dataset size, model and `-o key=value` overrides, validating all of them."""
+    """Bind an experiment to a dataset size, model and `-o key=value` overrides, validating all of them (every
+    problem in one error: types, declared domains, relations between parameters)."""
+    resolved = bind(exp, dataset, model, overrides)
+    if resolved.problems:
+        raise many(resolved.problems)
+    return resolved
+
+
+def bind(exp: Experiment, dataset: str, model: str | None = None, overrides: list[str] | None = None) -> Resolved:
+    """`resolve` without raising: what is wrong is in `problems` (one line each, naming the experiment and the
+    option), and the resource overrides are parsed even when the parameters are not, so both are checked."""
     check_dataset(dataset)
     stage = exp.stage_info
     cls = stage.config_class()
@@ -207,8 +228,6 @@ def resolve(exp: Experiment, dataset: str, model: str | None = None, overrides: 
                 problems.append(f"-o {key}: {e} (or shards, or resources.{{{', '.join(config.field_types(clusters.Resources))}}})")
             else:
                 problems.append(f"-o {e}")
-    if problems:
-        raise UserError(f"experiment {exp.name}: " + "; ".join(problems))
-    cfg = config.build(cls, merged, f"experiment {exp.name}")
-    use_model = (model or exp.model or DEFAULT_MODEL) if stage.uses_model else None
-    return Resolved(exp, dataset, use_model, cfg, resource_overrides, shards)
+    cfg, errs = config.problems_of(cls, merged)
+    problems = [f"experiment {exp.name}: {p}" for p in problems + errs]
+    return Resolved(exp, dataset, model_of(exp, model), None if problems else cfg, resource_overrides, shards, problems)

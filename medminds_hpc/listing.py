@@ -104,9 +104,16 @@ def parameters(exp: experiments.Experiment) -> list[dict[str, Any]]:
         default = _default(f)
         value = exp.params.get(f.name, default)
         by_size = {s: t[f.name] for s, t in exp.params_by_size.items() if f.name in t}
+        choices = _choices(types_[f.name])
+        domain = " | ".join(fmt(c) for c in choices) if choices else config.describe_domain(cls, f.name)
         out.append({"name": f.name, "default": default, "value": value, "in_file": f.name in exp.params, "differs": value != default, "by_size": by_size,
-                    "help": helps.get(f.name, ""), "choices": _choices(types_[f.name])})
+                    "help": helps.get(f.name, ""), "choices": choices, "domain": domain})
     return out
+
+
+def rules(exp: experiments.Experiment) -> list[str]:
+    """The relations between the stage's parameters, as `submit` checks them."""
+    return [f"{', '.join(r.keys)}: {r.text}" for r in config.relations(exp.stage_info.config_class())]
 
 
 def detail(name: str, profile: clusters.ClusterProfile) -> dict[str, Any]:
@@ -119,7 +126,7 @@ def detail(name: str, profile: clusters.ClusterProfile) -> dict[str, Any]:
         "description": exp.description, "file": str(exp.path), "needs": exp.needs,
         "model": (exp.model or experiments.DEFAULT_MODEL) if stage.uses_model else None,
         "cluster": profile.name, "cluster_file": profile.path,
-        "parameters": parameters(exp),
+        "parameters": parameters(exp), "rules": rules(exp),
         "asks": {s: exp.resources.get(s, {}) for s in clusters.DATASET_SIZES},
         "resources": {s: ({"error": r} if isinstance(r, str) else dataclasses.asdict(r)) for s, r in res.items()},
     }
@@ -148,15 +155,16 @@ def render_detail(d: dict[str, Any], width: int) -> str:
              para(f"needs: {', '.join(d['needs']) or 'nothing'}", "  ")]
     if d["model"]:
         lines.append(para(f"model: {d['model']} (--model NAME|PATH for another)", "  "))
-    lines += ["", para(f"parameters (-o KEY=VALUE to change one). 'this experiment' is the value in {d['file']} "
+    lines += ["", para(f"parameters (-o KEY=VALUE to change one). 'experiment' is the value in {d['file']} "
                        "(the paper's setting) where it differs from the stage default.")]
     rows = []
     for p in d["parameters"]:
         mine = [fmt(p["value"])] if p["differs"] else []
         mine += [f"{s}: {fmt(v)}" for s, v in p["by_size"].items()]
-        help_text = " ".join(filter(None, [p["help"], f"(one of: {', '.join(fmt(c) for c in p['choices'])})" if p["choices"] else ""]))
-        rows.append([p["name"], fmt(p["default"]), "\n".join(mine), help_text])
-    lines.append(tables.wrapped_table(["parameter", "default", "this experiment", "help"], rows, width))
+        rows.append([p["name"], fmt(p["default"]), p["domain"], "\n".join(mine), p["help"]])
+    lines.append(tables.wrapped_table(["parameter", "default", "valid", "experiment", "help"], rows, width))
+    if d["rules"]:
+        lines += ["", para("rules between parameters (checked at submit):")] + [para(r, "  ") for r in d["rules"]]
     lines += ["", para(f"resources on cluster profile '{d['cluster']}' ({d['cluster_file']}; --cluster PROFILE for another, "
                        "-o resources.KEY=VALUE for one submission). 'experiment asks' is its [resources.SIZE].")]
     rows, refused = [], []

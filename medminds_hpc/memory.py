@@ -50,7 +50,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
-from medminds_hpc.errors import UserError
+from medminds_hpc.errors import UserError, many
 
 GiB = 1024**3
 CUDA_CONTEXT = 1 * GiB  # CUDA context, cuBLAS workspace, and what the caching allocator holds beyond live tensors
@@ -404,4 +404,4 @@ def refuse_overfull(fits: list[Fit | None], top: str) -> None:
     """Raise one UserError naming every run that cannot fit on its GPU, with what to change."""
     problems = [f.refusal(top) for f in fits if f is not None and not f.fits]
     if problems:
-        raise UserError("; ".join(problems))
+        raise many(problems)

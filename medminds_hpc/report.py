@@ -14,6 +14,7 @@ What it writes (each format asked for; default all):
 - figures/*.png (png) and index.html (html: every table and figure in one file), and README.md, which says what
   each file holds, how the numbers are computed, and which runs were skipped and why.
 
+Without a finished run there is nothing to report: one line saying what to run, exit 2, and nothing written.
 Reads run directories (medminds_hpc/finished.py) and never writes into them. Deterministic: the same runs give byte-identical files (no
 timestamps; an exact bootstrap, no random sampling; PNGs without metadata). Light: never imports torch,
 transformers, peft, datasets or pandas; pyarrow (with numpy) only to read predictions.parquet, matplotlib only when
@@ -571,9 +572,10 @@ def default_out() -> Path:
     return paths.home() / "results"
 
 
-def check_out(out: Path | str | None) -> Path:
+def check_out(out: Path | str | None, probe: bool = True) -> Path:
     """The folder to write into, once known to be usable (a directory, or one that can be made, writable, outside
-    every run directory); nothing is created here."""
+    every run directory); nothing is created here. `probe`: try writing (a file removed at once, which still
+    touches the folder's mtime); without it, only what can be seen without writing."""
     where = Path(out).expanduser().absolute() if out is not None else default_out()
     what = f"--out {where}" if out is not None else f"the default output folder {where} ($MEDMINDS_HOME/results)"
     runs_root = paths.runs_dir().resolve()
@@ -586,6 +588,8 @@ def check_out(out: Path | str | None) -> Path:
     if not existing.is_dir():
         raise UserError(f"{what} {'is' if existing == where else f'cannot be created: {existing} is'} a file, not a "
                         "directory; give --out a directory (it is created when missing)")
+    if not probe:
+        return where
     try:
         fd, probe = tempfile.mkstemp(prefix=".medminds-probe-", dir=existing)
     except OSError as e:
@@ -596,11 +600,12 @@ def check_out(out: Path | str | None) -> Path:
     return where
 
 
-def build(formats: tuple[str, ...]) -> tuple[dict[str, bytes], Report]:
+def build(formats: tuple[str, ...], collected: tuple[list[Finished], list[Skipped]] | None = None) -> tuple[dict[str, bytes], Report]:
     """Every output file's bytes (relative path -> content), computed before anything is written. The figures
-    are drawn in other processes while this one reads the predictions and tests the pairs."""
+    are drawn in other processes while this one reads the predictions and tests the pairs. `collected`: the
+    runs (finished.collect()) when the caller has read them already."""
     published = paper.load()
-    finished, skipped = collect()
+    finished, skipped = collected if collected is not None else collect()
     groups = group_runs(finished)
     lines = [summarize(g, paper.by_experiment(published)) for g in groups] + references(groups, published)
     summary = summary_table(lines)
@@ -722,11 +727,34 @@ def _readme(files: dict[str, bytes], context: _Context) -> str:
     return "\n".join(out) + "\n"
 
 
+NO_RUNS_HINT = ("run experiments first, e.g. `medminds submit expert-task --dataset micro` (`medminds list` shows "
+                "them) or `medminds demo` for the whole study in miniature here, then `medminds report` again")
+
+
+def no_finished_runs(skipped: list[Skipped], home_exists: bool = True) -> UserError:
+    """A report of no run at all is a request that cannot be met: one line saying why and what to run."""
+    if not home_exists:
+        return UserError(f"no finished runs yet: {paths.home_name(paths.home())} does not exist; nothing was written; "
+                         f"{NO_RUNS_HINT} (or, if your runs are elsewhere, set MEDMINDS_HOME to the folder that holds them)")
+    others = ""
+    if skipped:
+        first = sorted(skipped, key=lambda s: s.run)[0]
+        others = f" ({len(skipped)} other run(s) there, none usable: e.g. {first.run}: {first.reason}; `medminds status` shows them)"
+    return UserError(f"no finished runs yet in {paths.runs_dir()}{others}; nothing was written; {NO_RUNS_HINT}")
+
+
 def write_report(out: Path | str | None = None, formats: str | None = None) -> Report:
-    """Check the options, compute every file, then write them (each atomically; figures/ swapped in whole)."""
+    """Check the options and the runs, compute every file, then write them (each atomically; figures/ swapped in
+    whole). Without a finished run there is nothing to report: a UserError, and nothing is written."""
     chosen = parse_formats(formats)
-    where = check_out(out)
-    files, report = build(chosen)
+    if paths.existing_home() is None:
+        raise no_finished_runs([], home_exists=False)
+    check_out(out, probe=False)
+    collected = collect()
+    if not collected[0]:
+        raise no_finished_runs(collected[1])
+    where = check_out(out)  # its probe touches the folder's mtime: only once there is something to write
+    files, report = build(chosen, collected)
     drawn = {name.split("/", 1)[1]: data for name, data in files.items() if name.startswith(FIGURES_DIR + "/")}
     where.mkdir(parents=True, exist_ok=True)
     if "png" in chosen:
@@ -749,8 +777,6 @@ def terminal_summary(report: Report, width: int = 200) -> str:
              ("none" if line.paper and line.paper.accuracy is None else percent(line.paper.accuracy)) if line.paper else "",
              line.versus_paper] for line in report.lines]
     found = f"{len(report.finished)} finished run(s) in {paths.runs_dir()}"
-    if not report.finished:
-        found += "; no finished runs yet: submit experiments with `medminds submit NAME --dataset SIZE`"
     out = [found,
            wrapped_table(("row", "dataset", "model", "accuracy %", "95% interval", "paper %", "ours - paper"), rows, width)]
     if report.skipped:

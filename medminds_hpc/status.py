@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-from medminds_hpc import localjobs, runs
+from medminds_hpc import localjobs, paths, runs
 from medminds_hpc.errors import UserError
 from medminds_hpc.tables import plain_duration, plain_table
 
@@ -352,11 +352,14 @@ class Answer:
     total: int  # runs before the filters
     problems: list[str]
     unanswered: str = ""  # Slurm did not answer for some jobs: their states are as last recorded
+    home_exists: bool = True  # False: $MEDMINDS_HOME does not exist yet (nothing was submitted there)
 
 
 def answer(query: Query, reuse: dict[str, Any] | None = None) -> Answer:
     """The statuses `query` asks for: the experiment filter before sacct is asked (fewer job ids), the state one
-    after. `reuse`: see runs.list_runs (what --watch keeps between refreshes)."""
+    after. `reuse`: see runs.list_runs (what --watch keeps between refreshes). A home that is a file (or under
+    one) is a UserError; one that does not exist yet has no runs. Nothing is created either way."""
+    home_exists = paths.existing_home() is not None
     if query.run_ids:
         selected, problems = [runs.find(r) for r in query.run_ids], []
     else:
@@ -368,7 +371,19 @@ def answer(query: Query, reuse: dict[str, Any] | None = None) -> Answer:
     unanswered = "; ".join(UNANSWERED)
     if query.states:
         rows = [r for r in rows if r.state in query.states]
-    return Answer(rows, total, problems, unanswered)
+    return Answer(rows, total, problems, unanswered, home_exists)
+
+
+def no_runs_yet(ans: Answer, query: Query) -> str:
+    """The one line `status` says when there is no run at all (rather than a bare header), else ""."""
+    if ans.total or ans.problems or query.run_ids or query.filters():
+        return ""
+    if not ans.home_exists:
+        return (f"no runs yet: {paths.home_name(paths.home())} does not exist (the first `medminds submit` creates it); "
+                "submit one with `medminds submit EXPERIMENT --dataset micro` (`medminds list` shows them), or, if your "
+                "runs are elsewhere, set MEDMINDS_HOME to the folder that holds them")
+    return (f"no runs yet in {paths.runs_dir()}: submit one with `medminds submit EXPERIMENT --dataset micro` "
+            "(`medminds list` shows them), or try `medminds demo`")
 
 
 HEADERS = ("run", "state", "job", "elapsed", "GPU-h", "progress", "metric")
@@ -383,7 +398,11 @@ def table_rows(rows: list[RunStatus]) -> list[tuple[str, ...]]:
 
 
 def render(ans: Answer, query: Query, title: str, max_rows: int | None = None) -> str:
-    """The table, with a line when the filters left nothing and, past `max_rows`, how many rows are not shown."""
+    """The table, with a line when the filters left nothing and, past `max_rows`, how many rows are not shown;
+    with no run at all, one line saying so (`no_runs_yet`)."""
+    empty = no_runs_yet(ans, query)
+    if empty:
+        return empty
     shown = ans.rows if max_rows is None else ans.rows[:max(max_rows, 0)]
     lines = [plain_table(HEADERS, table_rows(shown), title=title)]
     if not ans.rows and query.filters():

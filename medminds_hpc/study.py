@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from medminds_hpc import clusters, config, experiments, memory, paths, runs, status, submit
+from medminds_hpc import clusters, config, experiments, memory, paths, preflight, runs, status, submit
 from medminds_hpc.errors import UserError
 from medminds_hpc.submit import PlannedRun
 
@@ -120,27 +120,32 @@ def _closure(targets: list[str], loaded: dict[str, experiments.Experiment]) -> l
     return sorted(order, key=lambda n: (depth[n], -len(dependants[n]), n))
 
 
-def route_overrides(order: list[str], loaded: dict[str, experiments.Experiment], overrides: list[str]) -> dict[str, list[str]]:
+def route_overrides(order: list[str], loaded: dict[str, experiments.Experiment], overrides: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """`NAME.key=v` goes to experiment NAME; `key=v` to every experiment whose stage has parameter `key`;
-    `resources.key=v` to every experiment."""
+    `resources.key=v` to every experiment. Returns the routes and a line for each item that goes nowhere."""
     routed: dict[str, list[str]] = {name: [] for name in order}
+    problems = []
     for item, (key, value) in zip(overrides, experiments.parse_overrides(overrides)):
         head, dot, rest = key.partition(".")
         if dot and head != "resources":
-            if head not in routed:
-                raise UserError(f"-o {item!r}: {head} is not part of this study; it holds {', '.join(order)}")
-            routed[head].append(f"{rest}={value}")
+            if head not in experiments.available():
+                problems.append(f"-o {item!r}: there is no experiment {head!r} (NAME.KEY=VALUE sets experiment NAME's "
+                                f"parameter); experiments: {', '.join(experiments.available())}")
+            elif head not in routed:
+                problems.append(f"-o {item!r}: {head} is not part of this study; it holds {', '.join(order)}")
+            else:
+                routed[head].append(f"{rest}={value}")
         elif head == "resources":
             for name in order:
                 routed[name].append(item)
         else:
             takers = [n for n in order if key in config.field_types(loaded[n].stage_info.config_class())]
             if not takers:
-                raise UserError(f"-o {item!r}: no experiment of this study has a parameter {key!r} (`medminds list NAME` "
+                problems.append(f"-o {item!r}: no experiment of this study has a parameter {key!r} (`medminds list NAME` "
                                 f"shows an experiment's parameters; -o NAME.{key}=... sets one experiment's)")
             for name in takers:
                 routed[name].append(f"{key}={value}")
-    return routed
+    return routed, problems
 
 
 def _seeded(exp: experiments.Experiment) -> bool:
@@ -165,14 +170,18 @@ def _reduced_needs(name: str, loaded: dict[str, experiments.Experiment], order: 
 
 
 def plan(opts: StudyOptions) -> list[Node]:
-    """Every experiment of the study with its runs and what will happen to each, upstream first. Writes nothing."""
+    """Every experiment of the study with its runs and what will happen to each, upstream first; every problem of
+    every run of the graph (parameters with each experiment's overrides, resources, models, data) in one error.
+    Writes nothing."""
     experiments.check_dataset(opts.dataset)
     check_seeds(opts.seeds)
     profile = clusters.load_profile(opts.cluster)
     loaded = {e.name: e for e in experiments.load_all() if e.stage not in NOT_IN_STUDY}
     targets = select(sorted(loaded), opts.only, opts.skip)
     order = _closure(targets, loaded)
-    routed = route_overrides(order, loaded, opts.overrides)
+    routed, unrouted = route_overrides(order, loaded, opts.overrides)
+    problems = submit.Problems()
+    problems.lines += unrouted
     nodes: dict[str, Node] = {}
     for name in order:
         exp = loaded[name]
@@ -181,11 +190,17 @@ def plan(opts: StudyOptions) -> list[Node]:
         seeds: list[int | None] = list(range(opts.seeds)) if fans and opts.seeds else [None]
         planned = []
         for seed in seeds:
-            needs = {n: nodes[n].run_for(seed).run_id for n in exp.needs}
-            resolved = experiments.resolve(exp, opts.dataset, opts.model, routed[name] + ([f"seed={seed}"] if seeded else []))
-            planned.append(submit.planned_run(resolved, needs, profile))
+            needs = {n: nodes[n].run_for(seed).run_id if nodes[n].runs else submit.UNPLANNED for n in exp.needs}
+            resolved = experiments.bind(exp, opts.dataset, opts.model, routed[name] + ([f"seed={seed}"] if seeded else []))
+            p = submit.plan_checked(resolved, needs, profile, problems)
+            if p is not None:
+                planned.append(p)
         reduced = _reduced_needs(name, loaded, order)
-        nodes[name] = Node(exp, seeds, planned, name in targets, reduced[-1] if reduced else None, reduced[:-1])
+        nodes[name] = Node(exp, seeds if len(planned) == len(seeds) else [], planned, name in targets,
+                           reduced[-1] if reduced else None, reduced[:-1])
+    models = [experiments.model_of(loaded[name], opts.model) for name in order]
+    problems.lines += preflight.problems([p for node in nodes.values() for p in node.runs], filter(None, models))
+    problems.raise_any()
     return list(nodes.values())
 
 
@@ -194,12 +209,14 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool
     one line per run as it ends, then the tree unless `tree` is false)."""
     executor = opts.executor or submit.default_executor()
     submit.check_executor("debug" if opts.dry_run and executor == "slurm" else executor)
-    if not opts.dry_run:
-        paths.check_home()
     nodes = plan(opts)
     to_run = [p for node in nodes for p in node.runs if p.action in TO_RUN]
     submit._check_stages_implemented(to_run)
     memory.refuse_overfull([p.memory for p in to_run], top=ALL)
+    if not opts.dry_run:
+        paths.check_home()
+    for note in preflight.model_notes(to_run):
+        say(note)
     if opts.dry_run:
         say(render_tree(nodes, opts, executor, dry_run=True))
         return nodes

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from medminds_hpc import clusters, compat, control, experiments, localjobs, memory, paths, runs, status
-from medminds_hpc.errors import StageNotImplemented, UserError
+from medminds_hpc import clusters, compat, control, experiments, localjobs, memory, paths, preflight, runs, status
+from medminds_hpc.errors import StageNotImplemented, UserError, many
 
 Executor = Literal["slurm", "local", "debug"]
 EXECUTORS = ("slurm", "local", "debug")
@@ -72,36 +72,83 @@ def check_executor(executor: str) -> None:
         raise UserError("--executor slurm: sbatch is not on PATH (not a Slurm login node?); use --executor local to run here")
 
 
+class Problems:
+    """Every problem found while planning, so one error lists them all (one line each) before anything is written."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    @contextlib.contextmanager
+    def collect(self) -> Any:
+        try:
+            yield
+        except UserError as e:
+            self.lines += e.problems
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise many(self.lines)
+
+
+UNPLANNED = "?"  # the run id downstream runs see for an upstream run whose planning failed (the command fails)
+
+
 def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
-    """Every run the command involves, upstream first, with what will happen to each. Writes nothing."""
+    """Every run the command involves, upstream first, with what will happen to each; every problem of every run
+    (parameters, resources, model, data) in one error. Writes nothing."""
     experiments.check_dataset(opts.dataset)
     profile = clusters.load_profile(opts.cluster)
     ordered: list[PlannedRun] = []
-    by_name: dict[str, PlannedRun] = {}
-    routed = experiments.split_overrides(name, _chain(name), opts.overrides)
+    by_name: dict[str, str] = {}
+    models: list[str] = []
+    problems = Problems()
+    routed, unrouted = experiments.split_overrides(name, _chain(name), opts.overrides)
+    problems.lines += unrouted
 
-    def visit(exp_name: str, chain: tuple[str, ...], top: bool) -> PlannedRun:
+    def visit(exp_name: str, chain: tuple[str, ...], top: bool) -> str:
         if exp_name in chain:
             raise UserError(f"experiment {exp_name} needs itself: {' -> '.join(chain + (exp_name,))}")
         if exp_name in by_name:
             return by_name[exp_name]
         exp = experiments.load(exp_name)
-        needs = {n: visit(n, chain + (exp_name,), False).run_id for n in exp.needs}
-        resolved = experiments.resolve(exp, opts.dataset, opts.model, routed.get(exp_name, []))
-        p = planned_run(resolved, needs, profile, force=top and opts.force)
-        by_name[exp_name] = p
-        ordered.append(p)
-        return p
+        needs = {n: visit(n, chain + (exp_name,), False) for n in exp.needs}
+        by_name[exp_name] = UNPLANNED
+        models.append(experiments.model_of(exp, opts.model) or "")
+        resolved = experiments.bind(exp, opts.dataset, opts.model, routed.get(exp_name, []))
+        p = plan_checked(resolved, needs, profile, problems, force=top and opts.force)
+        if p is not None:
+            by_name[exp_name] = p.run_id
+            ordered.append(p)
+        return by_name[exp_name]
 
     visit(name, (), True)
+    problems.lines += preflight.problems(ordered, filter(None, models))
+    problems.raise_any()
     return ordered
 
 
-def planned_run(resolved: experiments.Resolved, needs: dict[str, str], profile: clusters.ClusterProfile, force: bool = False) -> PlannedRun:
+def plan_checked(resolved: experiments.Resolved, needs: dict[str, str], profile: clusters.ClusterProfile,
+                 problems: Problems, force: bool = False) -> PlannedRun | None:
+    """`planned_run`, its problems and those of its parameters and resources (both checked) added to `problems`."""
+    problems.lines += resolved.problems
+    with problems.collect():
+        resources = job_resources(resolved, profile)
+        if not resolved.problems:
+            return planned_run(resolved, needs, profile, force=force, resources=resources)
+    return None
+
+
+def job_resources(resolved: experiments.Resolved, profile: clusters.ClusterProfile) -> clusters.JobResources:
+    exp, dataset = resolved.experiment, resolved.dataset
+    return clusters.job_resources(profile, dataset, exp.resources.get(dataset, {}), resolved.resource_overrides,
+                                  where=f"experiment {exp.name} on cluster {profile.name} ({dataset})")
+
+
+def planned_run(resolved: experiments.Resolved, needs: dict[str, str], profile: clusters.ClusterProfile, force: bool = False,
+                resources: clusters.JobResources | None = None) -> PlannedRun:
     """One run of an experiment bound to its upstream runs: its id, resources, memory estimate and what happens to it."""
     exp, dataset = resolved.experiment, resolved.dataset
-    resources = clusters.job_resources(profile, dataset, exp.resources.get(dataset, {}), resolved.resource_overrides,
-                                       where=f"experiment {exp.name} on cluster {profile.name} ({dataset})")
+    resources = resources or job_resources(resolved, profile)
     cfg = resolved.config
     if resources.world_size > 1 and isinstance(getattr(cfg, "batch_size", None), int) and isinstance(getattr(cfg, "grad_accum", None), int):
         from medminds_hpc.training.engine import per_device_batch  # imports no training library itself
@@ -220,12 +267,14 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
     executor = opts.executor or default_executor()
     # a dry run prints the profile's sbatch script anywhere, Slurm installed or not
     check_executor("debug" if opts.dry_run and executor == "slurm" else executor)
-    if not opts.dry_run:
-        paths.check_home()
     planned = plan(name, opts)
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
     _check_stages_implemented(to_run)  # refuse before anything is written or submitted
     memory.refuse_overfull([p.memory for p in to_run], top=name)  # likewise: a run that cannot fit its GPU
+    if not opts.dry_run:
+        paths.check_home()
+    for note in preflight.model_notes(planned):
+        say(note)
     if opts.dry_run:
         for p in planned:
             deps = [j for n in p.resolved.experiment.needs for j in _dep_ids(planned, n)]

@@ -932,3 +932,17 @@ def chaos_kills(jobs_dir: Path, rng: Any, reference: Callable[[int], int], k: in
     outcome = counter_outcome("kill -9 + resubmit", [p.run_id], steps, reference(steps), k, started)
     outcome.checks["never restarted from step 0"] = 1 not in step_sequence(runs.get(p.run_id))[1:]
     return outcome
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every path under `root` (and `root` itself) with its kind, size and mtime: equal snapshots before and after
+    a command mean it wrote nothing there (no file, no lock, no empty folder, nothing touched)."""
+    root = Path(root)
+    if not os.path.lexists(root):
+        return {}
+    out = {}
+    for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
+        st = p.lstat()
+        kind = "dir" if p.is_dir() and not p.is_symlink() else "file" if p.is_file() else "other"
+        out[p.relative_to(root).as_posix() if p != root else "."] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -92,9 +93,43 @@ def test_bad_rows(tmp_path, case, field):
     path = write_jsonl(tmp_path / "arc.jsonl", items)
     with pytest.raises(UserError) as e:
         load_arc(path)
-    assert f"{path} line 4 (id {r['id']!r}): field {field}: expected" in str(e.value)
+    if case == "answer out of range":
+        assert f"{path} line 4 (id 'q3'): answer 'F' is not one of the row's labels A, B, C, D" in str(e.value)
+    else:
+        assert f"{path} line 4 (id {r['id']!r}): field {field}: expected" in str(e.value)
     skipped = load_arc(path, bad_rows="skip")
     assert len(skipped["train"]) == 5 and sum(skipped.report["dropped"].values()) == 1
+
+
+def test_a_bad_answer_label_shows_the_rows_own_labels(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hub = [hub_item(f"h{i}", 4, "ABCD"[i % 4]) for i in range(4)]
+    hub[2]["answerKey"] = "E"
+    path = tmp_path / "ARC-Challenge" / "train-00000-of-00001.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(hub), path)
+    release = [release_item(f"r{i}", 3, "123"[i % 3]) for i in range(3)]
+    release[1]["answerKey"] = "4"
+    write_jsonl(tmp_path / "ARC-Easy-Dev.jsonl", release)
+    with pytest.raises(UserError) as e:
+        load_arc(tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"{path} row 3 (id 'h2'): answerKey 'E' is not one of the row's labels A, B, C, D" in message
+    assert f"{tmp_path / 'ARC-Easy-Dev.jsonl'} line 2 (id 'r1'): answerKey '4' is not one of the row's labels 1, 2, 3" in message
+
+
+def test_a_file_without_arc_columns_is_one_line_naming_its_columns(tmp_path):
+    path = write_jsonl(tmp_path / "arc.jsonl", [{"prompt": f"q{i}", "target": "A"} for i in range(50)])
+    for policy in ("strict", "skip"):
+        with pytest.raises(UserError) as e:
+            load_arc(path, bad_rows=policy)
+        message = str(e.value)
+        assert message.startswith(f"{path}: not ARC data: no row has id, question, options or choices, answer or answerKey; "
+                                  "its columns are prompt, target; expected id, question, choices, answerKey")
+        assert not re.search(r"(line|row) \d", message) and "\n" not in message
 
 
 def test_synthetic_arc():

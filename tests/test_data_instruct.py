@@ -155,3 +155,14 @@ def test_every_real_row_keeps_its_question(mistral, name, max_length, expected):
         assert counts == expected
     else:  # the few questions too long for 64 tokens are dropped, never trained without their question
         assert counts["without_question"] == 0 and 0 < counts["dropped"] < 0.05 * counts["rows"], counts
+
+
+def test_a_file_without_instruct_columns_is_one_line_naming_its_columns(tmp_path):
+    path = tmp_path / "prompts.jsonl"  # the stored `prompt` alone: the columns it is rebuilt from are missing
+    path.write_text("".join(json.dumps({"prompt": f"<s>[INST] q{i} [/INST] a{i}</s>"}) + "\n" for i in range(40)))
+    with pytest.raises(UserError) as e:
+        load_instruct(path)
+    assert str(e.value) == (f"{path}: not medical instruct data: no row has question or Question, answer or Answer; its "
+                            "columns are prompt; expected instruction, input, output (Shekswess mistral-instruct or "
+                            "medalpaca wikidoc); or question or Question, answer or Answer (MedQuAD); or id, instruction, "
+                            "input, output, source (the canonical layout `prepare` writes)")

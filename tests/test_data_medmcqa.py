@@ -174,3 +174,29 @@ def test_unreadable_line_is_a_bad_row(tmp_path):
     with pytest.raises(UserError, match=r"train.jsonl line 9"):
         load_medmcqa(path, splits=("train",))
     assert len(load_medmcqa(path, splits=("train",), bad_rows="skip")["train"]) == 8
+
+
+def test_a_file_without_medmcqa_columns_is_one_line_naming_its_columns(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"text": [f"q{i}" for i in range(500)], "label": [i % 4 for i in range(500)]}).to_parquet(path)
+    for policy in ("strict", "skip"):  # skip would drop every row: the file is refused instead
+        with pytest.raises(UserError) as e:
+            load_medmcqa(path, splits=("train",), bad_rows=policy)
+        message = str(e.value)
+        assert message.startswith(f"{path}: not MedMCQA data: no row has id, question, opa, opb, opc, opd, cop, "
+                                  "subject_name, choice_type; its columns are text, label; expected ")
+        assert "row 1" not in message and len(message) < 500
+
+
+def test_the_strict_error_names_the_skip_flag_of_the_command(tmp_path):
+    from medminds_hpc.data.validate import CLI_SKIP_FLAG
+
+    rows = good_rows(8)
+    rows[2]["cop"] = 9
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(UserError, match="fix them, or pass --bad-rows skip to drop and count them"):
+        load_medmcqa(path, splits=("train",), skip_flag=CLI_SKIP_FLAG)
+    with pytest.raises(UserError, match=r"fix them, or pass -o bad_rows=skip \(-o prepare.bad_rows=skip when"):
+        load_medmcqa(path, splits=("train",))

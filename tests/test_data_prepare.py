@@ -15,7 +15,7 @@ from medminds_hpc.data import prepare as prep
 from medminds_hpc.data.card import card_table
 from medminds_hpc.data.medmcqa import release_row
 from medminds_hpc.errors import UserError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_user_error, run_cli, without_root_override
 from tests.helpers import SHARED_DATA as SHARED
 
 needs_shared = pytest.mark.skipif(not (SHARED / "medmcqa").exists(), reason=f"real data absent ({SHARED}); it ships with CI's ../shared/data")
@@ -51,15 +51,16 @@ def test_real_data_folder(tmp_path):
     card = prep.prepare("micro", source=str(SHARED), instruct_sources=("mistral-instruct", "medquad"), **QUIET)
     conv = card["medmcqa"]["conventions"]
     assert list(conv.values())[0].startswith("1-based")
-    assert card["splits"]["medmcqa_train"]["rows"] + card["splits"]["medmcqa_validation"]["rows"] == 970
-    assert any("no train split" in n for n in card["notes"]) and any("the source has 970" in w for w in card["warnings"])
+    # only a validation file: scored whole, in order; nothing to train on
+    assert card["splits"]["medmcqa_validation"]["rows"] == 970 and "medmcqa_train" not in card["splits"]
+    assert card["rows"]["medmcqa_train"] == 0 and any("no training rows" in w for w in card["warnings"])
     assert card["splits"]["arc_train"]["rows"] == 1168 and card["arc"]["dropped"] == {"fewer than 4 options": 4}
     assert card["splits"]["instruct_train"]["sources"] == {"medquad": 1429, "mistral-instruct": 571}
     assert {i["path"] for i in card["inputs"]} >= {str((SHARED / "medmcqa" / "dev-sample.jsonl").resolve())}
     assert all(len(i["sha256"]) == 64 for i in card["inputs"])
-    train = prep.load_prepared("micro", "medmcqa_train")
-    val = prep.load_prepared("micro", "medmcqa_validation")
-    assert not set(train["id"]) & set(val["id"])
+    raw = [json.loads(line)["id"] for line in (SHARED / "medmcqa" / "dev-sample.jsonl").read_text().splitlines()]
+    assert prep.load_prepared("micro", "medmcqa_validation")["id"] == raw
+    assert prep.training_rows(tmp_path / "home" / "data" / "micro") == 0
     # rendering works and mentions the convention
     from rich.console import Console
 
@@ -127,15 +128,29 @@ def test_failure_midway_leaves_previous_output(tmp_path, monkeypatch):
         real_write(ds, path)
 
     monkeypatch.setattr(prep, "_write_parquet", failing)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(UserError, match=f"cannot write the prepared data to {out}: disk full \\(simulated\\)"):
         prep.prepare("micro", source=str(src), seed=7, **QUIET)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".micro.tmp")] == []
     # an invalid source fails before touching anything as well
     (src / "medmcqa" / "dev.json").write_text('{"id": "x"}\n')
-    with pytest.raises(UserError, match="dev.json line 1"):
+    with pytest.raises(UserError, match="dev.json: not MedMCQA data"):
         prep.prepare("micro", source=str(src), **QUIET)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_failed_first_write_leaves_no_folder_and_no_lock(tmp_path, monkeypatch):
+    src = _source(tmp_path)
+    home = tmp_path / "fresh" / "home"
+    monkeypatch.setenv("MEDMINDS_HOME", str(home))
+
+    def failing(ds, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(prep, "_write_parquet", failing)
+    with pytest.raises(UserError, match="No space left on device; free space or fix the permissions there"):
+        prep.prepare("micro", source=str(src), **QUIET)
+    assert not (tmp_path / "fresh").exists()  # home, data/ and the lock file: all gone again
 
 
 def test_crash_between_the_two_renames_is_recovered(tmp_path):
@@ -152,8 +167,11 @@ def test_single_file_source_is_medmcqa_only(tmp_path):
     card = prep.prepare("micro", source=str(src / "medmcqa" / "train.json"), **QUIET)
     assert set(card["files"]) == {"medmcqa_train.parquet", "medmcqa_validation.parquet"}
     assert any("arc_train.parquet not written" in w for w in card["warnings"])
-    with pytest.raises(UserError, match="arc_train.parquet does not exist.*medminds prepare --dataset micro"):
+    with pytest.raises(UserError, match="arc_train.parquet does not exist: the preparation in .* did not write it "
+                                        r"\(ARC: no arc/ folder in .*add an arc/ folder of ARC files"):
         prep.data_file("micro", "arc_train")
+    with pytest.raises(UserError, match="mini/medmcqa_train.parquet does not exist; run `medminds prepare --dataset mini`"):
+        prep.data_file("mini", "medmcqa_train")
 
 
 def test_bad_arguments():
@@ -262,3 +280,229 @@ def test_a_job_whose_source_changed_after_planning_stops_and_says_so(tmp_path):
     src.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "q2"}) + "\n")  # replaced: same name, new content
     with pytest.raises(UserError, match=f"source: the files in {src} changed after this run was planned.*submit again"):
         config.build(Config, planned, "run.json params")
+
+
+# every failure: one line, exit 2, and the home exactly as it was -----------------------------------------------------
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under `folder` by relative path: kind, size, mode and mtime ({} when absent). Equal snapshots before
+    and after a command: it created, wrote, touched and removed nothing there. The folder's own mtime is left out:
+    `medminds` checks that a home is writable by making and removing a probe file in it."""
+    if not os.path.lexists(folder):
+        return {}
+    if not folder.is_dir():
+        st = folder.lstat()
+        return {".": ("file", st.st_size, st.st_mode, st.st_mtime_ns)}
+    out: dict[str, tuple] = {".": ("dir", folder.lstat().st_mode)}
+    for p in sorted(folder.rglob("*")):
+        st = p.lstat()
+        kind = "dir" if p.is_dir() else "file"
+        out[p.relative_to(folder).as_posix()] = (kind, st.st_size if kind == "file" else 0, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def _lived_in(home: Path) -> Path:
+    """A home that already holds a preparation and a run, as a user's would."""
+    (home / "data" / "prepare-micro-0000aaaa").mkdir(parents=True)
+    (home / "data" / "prepare-micro-0000aaaa" / "card.json").write_text("{}\n")
+    (home / "data" / ".prepare-micro-0000aaaa.lock").touch()
+    (home / "runs" / "prepare-micro-0000aaaa").mkdir(parents=True)
+    return home
+
+
+def _break_source(src: Path, case: str) -> str:
+    """Damage a good source (_source) in one way; returns what its one-line error must say."""
+    med = src / "medmcqa"
+    if case == "corrupt parquet":
+        (med / "more_train.parquet").write_bytes(b"PAR1 cut short")
+        return f"{med / 'more_train.parquet'}: cannot be read as a Parquet file"
+    if case == "empty CSV":
+        (med / "more_train.csv").write_text("")
+        return f"{med / 'more_train.csv'}: cannot be read as a CSV file"
+    if case == "unclosed CSV quote":
+        (med / "more_train.csv").write_text('id,question\n"q1,never closed\n')
+        return f"{med / 'more_train.csv'}: cannot be read as a CSV file (ParserError"
+    if case == "truncated JSON array":
+        (med / "train.json").write_text('[{"id": "q1", "question": "Which?"},')
+        return f"{med / 'train.json'}: not valid JSON (line 1"
+    if case == "binary JSON":
+        (med / "train.json").write_bytes(bytes(range(128, 256)) * 8)
+        return f"{med / 'train.json'}: cannot be read as a JSON file (UnicodeDecodeError"
+    if case == "JSON lines without an object":
+        (med / "train.json").write_text("PK\x03\x04 zipped, not JSON\n[1, 2]\n")
+        return f"{med / 'train.json'}: no line holds a JSON object (line 1: not valid JSON"
+    if case == "wrong columns":
+        (med / "train.json").unlink()
+        (med / "train.csv").write_text("text,label\n" + "".join(f"question {i},{i % 4}\n" for i in range(300)))
+        return f"{med / 'train.csv'}: not MedMCQA data"
+    if case == "bad rows":
+        rows = (med / "dev.json").read_text().splitlines()
+        rows[2] = json.dumps({**json.loads(rows[2]), "cop": 9})
+        (med / "dev.json").write_text("\n".join(rows) + "\n")
+        return f"{med / 'dev.json'} line 3"
+    if case == "bad ARC label":
+        (src / "arc").mkdir()
+        items = [{"id": f"a{i}", "question": "Which?", "choices": {"text": list("wxyz"), "label": list("ABCD")}, "answerKey": "B"}
+                 for i in range(5)]
+        items[1]["answerKey"] = "E"
+        (src / "arc" / "arc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+        return f"{src / 'arc' / 'arc.jsonl'} line 2 (id 'a1'): answerKey 'E' is not one of the row's labels A, B, C, D"
+    if case == "instruct with wrong columns":
+        (src / "medical_instruct").mkdir()
+        (src / "medical_instruct" / "short.jsonl").write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(9)))
+        return f"{src / 'medical_instruct' / 'short.jsonl'}: not medical instruct data"
+    if case == "corrupt save_to_disk folder":
+        (src / "medical_instruct" / "saved").mkdir(parents=True)
+        (src / "medical_instruct" / "saved" / "state.json").write_text("{cut")
+        return f"{src / 'medical_instruct' / 'saved'}: cannot be read as a datasets.save_to_disk folder"
+    raise AssertionError(case)
+
+
+BAD_FILES = ["corrupt parquet", "empty CSV", "unclosed CSV quote", "truncated JSON array", "binary JSON",
+             "JSON lines without an object", "wrong columns", "instruct with wrong columns", "corrupt save_to_disk folder"]
+BAD_ROWS = ["bad rows", "bad ARC label"]  # under bad_rows=skip these are dropped and counted instead
+
+
+@pytest.mark.parametrize("case,policy", [(c, "strict") for c in BAD_FILES + BAD_ROWS] + [(c, "skip") for c in BAD_FILES])
+def test_bad_input_is_one_line_and_leaves_the_home_as_it_was(tmp_path, case, policy):
+    home = _lived_in(tmp_path / "home")
+    src = _source(tmp_path)
+    needle = _break_source(src, case)
+    before = snapshot(home)
+    with pytest.raises(UserError) as e:
+        prep.prepare("micro", source=str(src), bad_rows=policy, instruct_sources=("mistral-instruct",), **QUIET)
+    message = str(e.value)
+    assert "\n" not in message and needle in message, message
+    assert snapshot(home) == before
+
+
+def test_wrong_columns_name_the_columns_not_the_rows(tmp_path):
+    src = _source(tmp_path)
+    _break_source(src, "wrong columns")
+    with pytest.raises(UserError) as e:
+        prep.prepare("micro", source=str(src), **QUIET)
+    message = str(e.value)
+    assert message == (f"{src / 'medmcqa' / 'train.csv'}: not MedMCQA data: no row has id, question, opa, opb, opc, opd, "
+                       "cop, subject_name, choice_type; its columns are text, label; expected id, question, opa, opb, opc, "
+                       "opd, cop, subject_name, choice_type (the original release or Hugging Face layout); or id, question, "
+                       "options, answer, subject, choice_type (the canonical layout `prepare` writes)")
+
+
+PREPARE = ("prepare", "-d", "micro")
+
+
+@pytest.mark.parametrize("case", ["corrupt parquet", "wrong columns", "bad rows"])
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
+    src = _source(tmp_path)
+    needle = _break_source(src, case)
+    fresh, lived_in = tmp_path / "fresh-home", _lived_in(tmp_path / "home")
+    for home in (fresh, lived_in):
+        before = snapshot(home)
+        proc = run_cli(*PREPARE, "--source", str(src), env={"MEDMINDS_HOME": str(home)})
+        assert_user_error(proc, needle)
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert snapshot(home) == before
+        if case == "bad rows":  # the flag of the command that ran
+            assert "fix them, or pass --bad-rows skip to drop" in proc.stderr and "-o bad_rows" not in proc.stderr
+
+
+def _home_case(tmp_path: Path, case: str) -> tuple[Path, Path, str]:
+    """(MEDMINDS_HOME, the folder to snapshot, what the error says) for one unusable home."""
+    if case == "a file":
+        home = tmp_path / "home-file"
+        home.write_text("not a folder")
+        return home, home, f"MEDMINDS_HOME={home} is not a directory"
+    if case == "under a file":
+        (tmp_path / "plain-file").write_text("not a folder")
+        return tmp_path / "plain-file" / "home", tmp_path / "plain-file", "cannot be created: "
+    home = _lived_in(tmp_path / "home")
+    if case == "read-only":
+        home.chmod(0o555)
+        return home, home, f"MEDMINDS_HOME={home} is not writable"
+    if case == "data is a file":
+        (tmp_path / "home2").mkdir()
+        (tmp_path / "home2" / "data").write_text("not a folder")
+        return tmp_path / "home2", tmp_path / "home2", "cannot write the prepared data to"
+    (home / "data").chmod(0o555)  # "read-only data": the home passes its check, the data folder refuses the lock file
+    return home, home, f"cannot write the prepared data to {home / 'data'}/prepare-micro-"
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only", "read-only data", "data is a file"])
+def test_cli_unusable_home_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
+    src = _source(tmp_path)
+    home, watched, needle = _home_case(tmp_path, case)
+    before = snapshot(watched)
+    # root writes through permissions: the child drops that power, so read-only really is
+    as_user = {"preexec_fn": without_root_override} if os.geteuid() == 0 and "read-only" in case else {}
+    try:
+        proc = run_cli(*PREPARE, "--source", str(src), env={"MEDMINDS_HOME": str(home)}, **as_user)
+        after = snapshot(watched)
+    finally:
+        for folder in (home, home / "data"):
+            if folder.is_dir():
+                folder.chmod(0o755)
+    assert_user_error(proc, needle)
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert after == before
+
+
+def test_the_bad_rows_hint_of_the_stage_names_the_submit_option(medminds_home, tmp_path):
+    from medminds_hpc import runs
+    from medminds_hpc.context import StageContext
+    from medminds_hpc.stages.prepare import Config, run
+
+    src = _source(tmp_path)
+    _break_source(src, "bad rows")
+    ctx = StageContext(run=runs.create("prepare-micro-00000001", {"experiment": "prepare", "dataset": "micro"}))
+    with pytest.raises(UserError) as e:
+        run(ctx, Config(source=str(src)))
+    assert "fix them, or pass -o bad_rows=skip (-o prepare.bad_rows=skip when submitting" in str(e.value)
+    assert "--bad-rows" not in str(e.value)
+
+
+# a source with validation rows only --------------------------------------------------------------------------------
+def _validation_only(tmp_path: Path, n: int) -> Path:
+    from medminds_hpc.data import synthetic
+
+    folder = tmp_path / "val-only" / "medmcqa"
+    folder.mkdir(parents=True)
+    (folder / "dev.json").write_text("".join(json.dumps(release_row(r)) + "\n" for r in synthetic.medmcqa_rows(n, split="validation")))
+    return folder.parent
+
+
+def test_a_validation_only_source_is_scored_whole_and_has_no_training_rows(tmp_path):
+    src = _validation_only(tmp_path, 700)  # more than micro's 500: all of them all the same
+    card = prep.prepare("micro", source=str(src), **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    raw = [json.loads(line)["id"] for line in (src / "medmcqa" / "dev.json").read_text().splitlines()]
+    assert prep.load_prepared("micro", "medmcqa_validation")["id"] == raw  # every question, in the file's order
+    assert not (out / "medmcqa_train.parquet").exists() and "medmcqa_train.parquet" not in card["files"]
+    assert card["rows"] == {"medmcqa_train": 0, "medmcqa_validation": 700, "arc_train": 0, "instruct_train": 0}
+    assert card["splits"]["medmcqa_validation"]["asked"] == "all"
+    assert prep.training_rows(out) == 0
+    hint = f"add a train file (e.g. train.json, in the format of dev.json) to {src / 'medmcqa'} and prepare again"
+    with pytest.raises(UserError) as e:
+        prep.check_training_rows(out, "experiment baseline")
+    assert str(e.value) == (f"experiment baseline trains on MedMCQA, but the data prepared in {out} has no training rows "
+                            f"(source {src}); {hint}")
+    with pytest.raises(UserError, match=f"medmcqa_train.parquet does not exist: the preparation in {out} did not write it"):
+        prep.data_file("micro", "medmcqa_train")
+    assert prep.medmcqa_splits(str(src)) == {"validation"}
+    # a single validation file: its folder must become the source
+    single = prep.prepare("micro", source=str(src / "medmcqa" / "dev.json"), out_dir=tmp_path / "single", **QUIET)
+    assert single["rows"]["medmcqa_validation"] == 700
+    assert single["training_hint"] == (f"put a train file (e.g. train.json, in the format of dev.json) in {src / 'medmcqa'} "
+                                       f"and give that folder as the source instead of the single file")
+
+
+def test_training_rows_of_other_preparations(tmp_path):
+    assert prep.training_rows(tmp_path / "nothing-yet") is None  # not prepared yet
+    src = _source(tmp_path, 60, 20)
+    prep.prepare("micro", source=str(src), **QUIET)
+    out = tmp_path / "home" / "data" / "micro"
+    assert prep.training_rows(out) == 60 and prep.read_card("micro")["rows"]["medmcqa_validation"] == 20
+    prep.check_training_rows(out, "experiment baseline")  # rows to train on: no error
+    assert prep.medmcqa_splits(str(src)) == {"train", "validation"} and prep.medmcqa_splits("hub") == {"train", "validation"}
+    old = tmp_path / "old"  # a card written before the row counts were recorded
+    old.mkdir()
+    (old / "card.json").write_text(json.dumps({"splits": {"medmcqa_train": {"rows": 2000}}}))
+    assert prep.training_rows(old) == 2000

@@ -31,7 +31,7 @@ def test_parameters_carry_the_stage_default_the_files_value_and_help():
 def test_refused_sizes_are_shown_not_raised(tmp_path):
     path = tmp_path / "small.toml"
     path.write_text('default_partition = "gpu"\ncpu_partition = "gpu"\n[partitions.gpu]\nmax_time = "02:00:00"\n'
-                    '[gpus.t4]\ngres = "t4"\nmemory_gb = 16\n[sizes.micro]\ngpu = "t4"\ntime = "01:00:00"\n')
+                    '[gpus.t4]\ngres = "t4"\nmemory_gb = 16\n[sizes.micro]\ngpu = "t4"\ntime = "01:00:00"\n[sizes.mini]\ngpu = "t4"\n')
     res = listing.resources_by_size(experiments.load("baseline-nextword"), clusters.load_profile(str(path)))
     assert isinstance(res["micro"], clusters.JobResources) and res["micro"].gpu == "t4" and res["micro"].gpu_memory_gb == 16
     assert res["mini"] == "refused: time 04:00:00 exceeds partition 'gpu''s limit of 02:00:00"

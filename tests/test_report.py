@@ -20,7 +20,7 @@ import pytest
 
 from medminds_hpc import figures, paper, paths, report, runs
 from medminds_hpc.errors import UserError
-from tests.helpers import ROOT, assert_user_error, finished_run, run_cli, without_root_override
+from tests.helpers import ROOT, assert_user_error, finished_run, run_cli, tree_snapshot, without_root_override
 
 TABLES = "md,csv,tex"
 
@@ -45,15 +45,37 @@ def tree_state(root: Path) -> dict[str, tuple[int, str]]:
 
 
 # which runs ------------------------------------------------------------------------------------------------------
-def test_empty_runs_folder_gives_the_papers_rows_and_says_so(medminds_home, tmp_path):
-    done = report.write_report(tmp_path / "out", TABLES)
-    assert done.out == tmp_path / "out" and done.finished == [] and done.skipped == []
-    summary = rows_of(done.out, "summary")
-    assert {r["kind"] for r in summary} == {"paper"} and len(summary) == len(paper.load())
-    assert "## Runs skipped\n\nNone." in (done.out / "README.md").read_text()
-    assert sorted(p.name for p in done.out.iterdir()) == sorted(
-        ["README.md"] + [f"{t}.{f}" for t in ("summary", "significance", "per_subject") for f in ("md", "csv", "tex")])
-    assert "no finished runs yet" in report.terminal_summary(done)
+def test_no_finished_runs_is_one_line_saying_what_to_run_and_nothing_is_written(medminds_home, tmp_path):
+    before = tree_snapshot(tmp_path)
+    proc = run_cli("report")
+    assert_user_error(proc, f"no finished runs yet in {medminds_home / 'runs'}; nothing was written",
+                      "`medminds submit expert-task --dataset micro`", "`medminds demo`")
+    assert proc.stdout == ""
+    with pytest.raises(UserError, match="no finished runs yet"):
+        report.write_report(tmp_path / "out", TABLES)
+    assert tree_snapshot(tmp_path) == before  # no results/, no --out folder, nothing touched
+    # runs that are not finished are named, not reported
+    failed = runs.create("moe-linear-micro-00000002", {"experiment": "moe-linear", "dataset": "micro"})
+    failed.update(lambda d: d.update(state=runs.FAILED, error="RuntimeError: boom"))
+    before = tree_snapshot(tmp_path)
+    assert_user_error(run_cli("report", "--out", str(tmp_path / "out")), "no finished runs yet",
+                      f"1 other run(s) there, none usable: e.g. {failed.id}: failed (RuntimeError: boom)", "medminds demo")
+    assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("home", ["file", "under-a-file", "missing"])
+def test_a_home_that_is_a_file_or_missing_is_one_line_and_nothing_is_written(tmp_path, home):
+    taken = tmp_path / "home-file"
+    taken.write_text("not a folder")
+    where = {"file": taken, "under-a-file": taken / "below", "missing": tmp_path / "not-yet" / "home"}[home]
+    needles = ([f"MEDMINDS_HOME={where} does not exist", "nothing was written", "medminds demo"] if home == "missing"
+               else [f"MEDMINDS_HOME={where}", f"{taken} is a file, not a directory"])
+    before = tree_snapshot(tmp_path)
+    for args in ([], ["--out", str(tmp_path / "out")]):
+        proc = run_cli("report", *args, env={"MEDMINDS_HOME": str(where)})
+        assert_user_error(proc, *needles)
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr  # one line (rich may wrap it)
+    assert tree_snapshot(tmp_path) == before
 
 
 def test_mixed_runs_only_finished_ones_are_reported_the_rest_listed_with_why(tmp_path):
@@ -317,6 +339,7 @@ def test_out_that_is_a_file(tmp_path):
 
 
 def test_out_that_is_not_writable(tmp_path):
+    finished_run("moe-linear", *answers(5, 10))
     locked = tmp_path / "read-only"
     locked.mkdir()
     locked.chmod(0o555)

@@ -53,7 +53,7 @@ def test_selection_validation_trains_on_every_row_as_before():
 # bad values ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("override,message", [
     ("selection=test", "-o selection: expected one of 'dev', 'validation', got 'test'"),
-    ("dev_rows=-5", "dev_rows: expected 0 (automatic) or more, got -5"),
+    ("dev_rows=-5", "dev_rows: expected at least 0, got -5"),
 ])
 @pytest.mark.parametrize("experiment", ["baseline-classifier-task", "ensemble-weighted", "moe-topk", "expert-task"])
 def test_bad_selection_settings_are_refused(experiment, override, message):

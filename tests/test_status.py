@@ -12,7 +12,9 @@ import pytest
 
 from medminds_hpc import cli as cli_mod
 from medminds_hpc import control, runs, status, submit
-from tests.helpers import assert_user_error, cli, counter_job, quiet, run_cli, submit_options, without_root_override, write_job
+from medminds_hpc.errors import UserError
+from tests.helpers import (assert_user_error, cli, counter_job, quiet, run_cli, submit_options, tree_snapshot,
+                           without_root_override, write_job)
 
 
 def fake_tool(bin_dir, name, output):
@@ -251,6 +253,59 @@ def test_filters_matching_nothing_show_an_empty_table_and_say_so():
     assert proc.returncode == 0 and json.loads(proc.stdout) == [] and "no run matches --experiment 'baseline-*'" in proc.stderr
 
 
+# $MEDMINDS_HOME: a file is one line and exit 2; a home not made yet has no runs; status writes nothing either way
+HOME_ERROR_ARGS = [["status"], ["status", "--json"], ["status", "-e", "expert-*"], ["status", "some-run"], ["status", "--watch", "2"]]
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["home-is-a-file", "home-under-a-file"])
+def test_a_home_that_is_a_file_is_one_line_naming_it_and_nothing_is_written(tmp_path, below):
+    taken = tmp_path / "home-file"
+    taken.write_text("not a folder")
+    home = taken / "below" if below else taken
+    before = tree_snapshot(tmp_path)
+    for args in HOME_ERROR_ARGS:
+        proc = run_cli(*args, env={"MEDMINDS_HOME": str(home)}, timeout=60)
+        assert_user_error(proc, f"MEDMINDS_HOME={home}", f"{taken} is a file, not a directory",
+                          "set MEDMINDS_HOME to the folder that holds your runs/")
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr  # one line (rich may wrap it)
+    assert tree_snapshot(tmp_path) == before
+    assert taken.read_text() == "not a folder"
+
+
+def test_a_runs_entry_that_is_a_file_is_one_line(medminds_home, tmp_path):
+    (medminds_home / "runs").write_text("")
+    before = tree_snapshot(tmp_path)
+    assert_user_error(run_cli("status"), f"holds a file {medminds_home / 'runs'} where its runs folder belongs")
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_a_home_not_made_yet_has_no_runs_said_in_one_line_and_status_makes_nothing(tmp_path):
+    home = tmp_path / "not-yet" / "home"
+    env = {"MEDMINDS_HOME": str(home)}
+    before = tree_snapshot(tmp_path)
+    proc = run_cli("status", env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"no runs yet: MEDMINDS_HOME={home} does not exist") and "medminds submit" in line
+    proc = run_cli("status", "--json", env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == [] and proc.stderr.startswith("no runs yet: ")
+    proc = run_cli("status", "-e", "expert-*", env=env)  # a filter still shows what it matched against
+    assert proc.returncode == 0 and "no run matches --experiment 'expert-*' (0 runs in" in proc.stdout
+    assert_user_error(run_cli("status", "expert-task-micro-00000001", env=env), "no run matches", "there are no runs yet")
+    assert tree_snapshot(tmp_path) == before and not (tmp_path / "not-yet").exists()
+
+
+def test_an_empty_home_says_there_are_no_runs_yet_and_stays_empty(medminds_home, tmp_path):
+    before = tree_snapshot(tmp_path)
+    proc = run_cli("status")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"no runs yet in {medminds_home / 'runs'}: submit one with `medminds submit "
+                                        "EXPERIMENT --dataset micro` (`medminds list` shows them), or try `medminds demo`"]
+    ans = status.answer(status.Query())
+    assert ans.home_exists and status.render(ans, status.Query(), "title") == proc.stdout.strip()
+    assert tree_snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--state", "runing"], ["--state 'runing'", "unknown state RUNING", "RUNNING, SUBMITTING"]),
     (["--state", ","], ["--state ','", "no state given", "valid states"]),
@@ -363,3 +418,50 @@ def test_status_of_10000_runs(tmp_path):
     assert len(listed) == 10_000 and sum(r["state"] == runs.RUNNING for r in listed) == 5_000
     (call,) = sacct_calls(bin_dir)
     assert len(call.split("-j ")[1].split()[0].split(",")) == 5_000  # the running runs' jobs only
+
+
+# doctor: every input and every GPU type's run checked before anything is written ----------------------------------
+@pytest.mark.parametrize("case, args, needles", [
+    ("cluster", ["--cluster", "nope", "--executor", "local"], ["unknown cluster profile 'nope'", "valid profiles: dev"]),
+    ("executor", ["--cluster", "dev", "--executor", "bogus"], ["unknown executor 'bogus'", "valid executors: slurm, local, debug"]),
+    ("gpu", ["--cluster", "dev", "--executor", "local", "--gpu", "a100", "--gpu", "zz"], ["--gpu: unknown GPU type(s) zz", "valid GPU types: a100"]),
+    ("no-sbatch", ["--cluster", "dev", "--executor", "slurm"], ["--executor slurm: sbatch is not on PATH", "--executor local"]),
+    ("home-file", ["--cluster", "dev", "--executor", "local"], ["is not a directory", "set MEDMINDS_HOME to a directory you can write"]),
+    ("home-under-file", ["--cluster", "dev", "--executor", "local"], ["cannot be created:", "is not a directory"]),
+])
+def test_doctor_that_fails_is_one_line_and_writes_nothing(medminds_home, tmp_path, case, args, needles):
+    env = {}
+    if case == "no-sbatch":
+        (tmp_path / "bin").mkdir()
+        env["PATH"] = str(tmp_path / "bin")
+    if case.startswith("home-"):
+        (tmp_path / "home-file").write_text("not a folder")
+        env["MEDMINDS_HOME"] = str(tmp_path / "home-file" / "below" if case == "home-under-file" else tmp_path / "home-file")
+    before = tree_snapshot(tmp_path)
+    proc = run_cli("doctor", *args, env=env, timeout=120)
+    assert_user_error(proc, *needles)
+    assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr  # one line (rich may wrap it)
+    assert tree_snapshot(tmp_path) == before  # no lock, no runs/, no run folder
+
+
+def test_doctor_checks_every_gpu_types_run_before_submitting_the_first(medminds_home, tmp_path, monkeypatch):
+    """A check that only the third GPU type's run fails (here: its planning) stops doctor before the first is submitted."""
+    checked = []
+    plan = submit.plan
+
+    def plan_failing_on_v100(name, opts):
+        checked.append(next(o for o in opts.overrides if o.startswith("resources.gpu=")))
+        if "resources.gpu=v100" in opts.overrides:
+            raise UserError("the v100 run cannot be planned")
+        return plan(name, opts)
+
+    def never(*_args, **_kw):
+        raise AssertionError("a run was created before every GPU type's run was checked")
+
+    monkeypatch.setattr(submit, "plan", plan_failing_on_v100)
+    monkeypatch.setattr(submit, "_prepare_run", never)
+    before = tree_snapshot(tmp_path)
+    with pytest.raises(UserError, match="the v100 run cannot be planned"):
+        control.doctor("dev", "local", [], say=quiet)
+    assert checked == ["resources.gpu=a100", "resources.gpu=rtx8000", "resources.gpu=v100"]
+    assert tree_snapshot(tmp_path) == before

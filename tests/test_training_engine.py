@@ -251,3 +251,61 @@ def test_a_diverged_loss_is_logged_as_nan_not_hidden(medminds_home):
     logged = {r["step"]: r["loss"] for r in fileio.read_jsonl(ctx.run_dir / "metrics.jsonl") if "loss" in r}
     assert sorted(logged) == [4, 8, 12]
     assert math.isfinite(logged[4]) and math.isnan(logged[8]) and math.isnan(logged[12])
+
+
+# a run that cannot train never completes -----------------------------------------------------------------------------
+class Quadratic(torch.nn.Module):
+    """One weight pulled towards 1: a model that trains in microseconds a step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, labels):
+        return {"loss": (self.w - 1).square().sum()}
+
+
+def quadratic_plan(rows: int, **kw) -> TrainPlan:
+    options = TrainOptions(learning_rate=1e-2, batch_size=8, epochs=1.0, seed=7, weight_decay=0.0, warmup_steps=0,
+                           checkpoint_every_steps=4)
+    return TrainPlan(model=Quadratic(), train_dataset=Rows(rows, seed=1), options=options, **kw)
+
+
+def test_an_empty_training_split_fails_in_one_line_saying_why_and_what_to_change(medminds_home):
+    from medminds_hpc.errors import UserError
+
+    ctx = make_ctx("empty-micro-00000001")
+    with pytest.raises(UserError) as failed:
+        train(ctx, quadratic_plan(0))
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("training took no optimizer step (0 training rows, batch_size 8, epochs 1), so the run cannot complete")
+    assert "the training split is empty" in message and "-o max_train_rows (0: all rows)" in message
+    assert ctx.checkpoints.latest() is None and not (ctx.run_dir / "metrics.jsonl").exists()
+
+
+def test_a_training_loop_that_ends_before_its_first_step_fails_instead_of_completing(medminds_home):
+    from transformers import Trainer
+
+    from medminds_hpc.errors import UserError
+
+    class EndsAtOnce(Trainer):
+        """Whatever the reason (data, epochs, max_steps), the loop returns before one optimizer step."""
+
+        def train(self, *args, **kwargs):
+            return None
+
+    with pytest.raises(UserError) as failed:
+        train(make_ctx("nostep-micro-00000001"), quadratic_plan(16, trainer_class=EndsAtOnce))
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("training took no optimizer step (16 training rows, batch_size 8, epochs 1), so the run cannot complete")
+    assert "more -o epochs or -o max_steps, or a smaller -o batch_size" in message
+
+
+def test_a_run_resumed_at_its_last_step_took_its_steps_before_and_completes(medminds_home, capsys):
+    first = train(make_ctx("last-micro-00000001"), quadratic_plan(16))
+    assert first.steps == 2
+    again = train(make_ctx("last-micro-00000001"), quadratic_plan(16))  # a requeue after the final save: no step now
+    assert "resumed at step 2" in capsys.readouterr().out
+    assert again.steps == 2

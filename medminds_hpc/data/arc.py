@@ -31,6 +31,12 @@ FEWER = "fewer than 4 options"
 UNKNOWN_SPLIT = "unsplit"  # a local file whose name says no split
 # one copy of the same questions per (folder, name): the original release ships .jsonl and .csv side by side
 FORMAT_PREFERENCE: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv")
+NEEDED: tuple[str, ...] = ("id", "question", "options|choices", "answer|answerKey")
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "Hugging Face allenai/ai2_arc": ("id", "question", "choices", "answerKey"),
+    "JSON lines with options [{label, text}], or the canonical layout `prepare` writes": ("id", "question", "options", "answer"),
+    "the original release": ("id", "question {stem, choices}", "answerKey"),
+}
 
 
 def config_of(path: str | Path) -> str:
@@ -90,13 +96,14 @@ def load_arc(
     bad_rows: str = "strict",
     synthetic_rows: int = 2000,
     show_progress: bool | None = None,
+    skip_flag: str = validate.SUBMIT_SKIP_FLAG,
 ) -> schema.Loaded:
     """Every ARC question of the source, pooled into one "train" split (the task expert's SFT data).
 
     hub_splits: which Hub splits of both configs to pool (the paper used all three).
     seed: picks the 3 kept distractors of 5-option questions (per question id, so order does not matter).
     """
-    bad = BadRows("ARC", validate.check_policy(bad_rows))
+    bad = BadRows("ARC", validate.check_policy(bad_rows), skip_flag)
     ids = IdRegistry()
     report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "notes": [], "label_forms": {}}
     inputs: list[tuple[str, Iterable[Record]]] = []  # (config, records)
@@ -127,8 +134,15 @@ def load_arc(
     read = 0
     with readers.paused_gc():
         for config, records in inputs:
+            columns: set[str] = set()
+            first: tuple[str, list[str]] | None = None  # the input's file and its first row's columns, in order
+            nested = False  # the original release: choices inside question{stem, choices}
             for rec in records:
                 read += 1
+                if rec.data is not None:
+                    columns.update(rec.data)
+                    first = first or (rec.file, list(rec.data))
+                    nested = nested or isinstance(rec.data.get("question"), dict)
                 part = parts.setdefault(config, {}).setdefault(rec.split or UNKNOWN_SPLIT, Counter())
                 row = _row(rec, seed, ids, bad, part, report["label_forms"])
                 part["read"] += 1
@@ -136,6 +150,8 @@ def load_arc(
                     part["kept"] += 1
                     for c, v in row.items():
                         cols[c].append(v)
+            if first is not None:
+                _check_columns(first, columns, nested)
     report["dropped"] = bad.finish()
     report["parts"] = {config: {split: _part_counts(part) for split, part in sorted(by_split.items(), key=lambda kv: _split_order(kv[0]))}
                        for config, by_split in sorted(parts.items())}
@@ -143,6 +159,14 @@ def load_arc(
     report["read"] = {"train": read}
     report["kept"] = {"train": len(cols["id"])}
     return schema.Loaded({"train": schema.to_dataset(cols, "mcq")}, report)
+
+
+def _check_columns(first: tuple[str, list[str]], columns: set[str], nested: bool) -> None:
+    """A file none of whose rows has an ARC column is the wrong file: one line, not a problem per row."""
+    missing = validate.absent(columns, [n for n in NEEDED if not (nested and n == "options|choices")])
+    if missing:
+        file, ordered = first
+        raise validate.columns_error(file, "ARC", ordered + sorted(columns - set(ordered)), missing, LAYOUTS)
 
 
 def _split_order(split: str) -> tuple[int, str]:
@@ -220,7 +244,8 @@ def _row(rec: Record, seed: int, ids: IdRegistry, bad: BadRows, part: Counter, l
     labels = [str(lab).strip() for lab in labels]
     key = str(answer).strip()
     if key not in labels:
-        bad.row([Problem(where, answer_field, f"one of the option labels {', '.join(labels)}", answer, validate.OUT_OF_RANGE)])
+        bad.row([Problem(where, answer_field, f"one of the option labels {', '.join(labels)}", answer, validate.OUT_OF_RANGE,
+                         f"{answer_field} {validate.shown(answer)} is not one of the row's labels {', '.join(labels)}")])
         return None
     dup = ids.check(str(d["id"]), where)
     if dup:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, get_args
 
 from medminds_hpc.data import readers, schema, validate
 from medminds_hpc.data.readers import Record
@@ -25,13 +25,19 @@ from medminds_hpc.data.validate import BadRows, Problem
 from medminds_hpc.errors import UserError
 
 MEDICAL_INSTRUCTION = "Answer the question truthfully, you are a medical professional."
-HUB: dict[str, str] = {
+Source = Literal["mistral-instruct", "wikidoc", "medquad"]
+HUB: dict[Source, str] = {
     "mistral-instruct": "Shekswess/medical_mistral_instruct_dataset",
     "wikidoc": "medalpaca/medical_meadow_wikidoc",
     "medquad": "keivalya/MedQuad-MedicalQnADataset",
 }
-SOURCES: tuple[str, ...] = tuple(HUB)
+SOURCES: tuple[str, ...] = get_args(Source)
 LOCAL_SUBDIR: dict[str, str] = {"mistral-instruct": "medical_instruct", "wikidoc": "medical_instruct", "medquad": "medquad"}
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "Shekswess mistral-instruct or medalpaca wikidoc": ("instruction", "input", "output"),
+    "MedQuAD": ("question|Question", "answer|Answer"),
+    "the canonical layout `prepare` writes": schema.INSTRUCT_COLUMNS,
+}
 
 
 def check_sources(sources: Sequence[str]) -> list[str]:
@@ -62,13 +68,14 @@ def load_instruct(
     seed: int = 0,
     synthetic_rows: int = 2000,
     show_progress: bool | None = None,
+    skip_flag: str = validate.SUBMIT_SKIP_FLAG,
 ) -> schema.Loaded:
     """Every instruct row of the chosen `sources`, pooled into one "train" split.
 
     source: "hub", "synthetic", a data folder (medical_instruct/ and medquad/ subfolders), a file or save_to_disk
     folder (its form is read from its columns), or a list of those.
     """
-    bad = BadRows("medical instruct", validate.check_policy(bad_rows))
+    bad = BadRows("medical instruct", validate.check_policy(bad_rows), skip_flag)
     report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "notes": [], "rows_by_source": {}}
     inputs: list[tuple[str, Iterable[Record]]] = []
     if source == "hub":
@@ -108,14 +115,21 @@ def load_instruct(
     with readers.paused_gc():
         for name, records in inputs:
             number = 0
+            columns: set[str] = set()
+            first: tuple[str, list[str]] | None = None  # the input's file and its first row's columns, in order
             for rec in records:
                 read += 1
                 number += 1
+                if rec.data is not None:
+                    columns.update(rec.data)
+                    first = first or (rec.file, list(rec.data))
                 row = _row(rec, name, number, bad)
                 if row is not None:
                     report["rows_by_source"][row["source"]] = report["rows_by_source"].get(row["source"], 0) + 1
                     for c, v in row.items():
                         cols[c].append(v)
+            if first is not None:
+                _check_columns(first, columns)
     # ids are <source>-<n>; two inputs of one source (e.g. two files) must not collide
     seen: dict[str, int] = {}
     for i, id_ in enumerate(cols["id"]):
@@ -127,6 +141,21 @@ def load_instruct(
     report["read"] = {"train": read}
     report["kept"] = {"train": len(cols["id"])}
     return schema.Loaded({"train": schema.to_dataset(cols, "instruct")}, report)
+
+
+def _check_columns(first: tuple[str, list[str]], columns: set[str]) -> None:
+    """A file none of whose rows has the columns of its form is the wrong file: one line, not a problem per row.
+    The form is told as `_row` tells it, from the columns."""
+    if {"id", "instruction", "source"} <= columns:
+        needed = LAYOUTS["the canonical layout `prepare` writes"]
+    elif columns & {"instruction", "output"}:
+        needed = LAYOUTS["Shekswess mistral-instruct or medalpaca wikidoc"]
+    else:
+        needed = LAYOUTS["MedQuAD"]
+    missing = validate.absent(columns, needed)
+    if missing:
+        file, ordered = first
+        raise validate.columns_error(file, "medical instruct", ordered + sorted(columns - set(ordered)), missing, LAYOUTS)
 
 
 def _tidy(text: str) -> str:

@@ -27,6 +27,10 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 HUB_CONVENTION = "0-based (cop 0-3, Hugging Face convention)"
 RELEASE_CONVENTION = "1-based (cop 1-4, original release convention)"
 CANONICAL_CONVENTION = "canonical (answer 0-3)"
+RELEASE_COLUMNS: tuple[str, ...] = ("id", "question", *OPTION_FIELDS, "cop", "subject_name", "choice_type")
+CANONICAL_COLUMNS: tuple[str, ...] = ("id", "question", "options", "answer", "subject", "choice_type")
+LAYOUTS: dict[str, tuple[str, ...]] = {"the original release or Hugging Face layout": RELEASE_COLUMNS,
+                                       "the canonical layout `prepare` writes": CANONICAL_COLUMNS}
 COP_HINT = "pass --cop-base 0 (Hugging Face, cop 0-3) or --cop-base 1 (original release, cop 1-4), or -o cop_base=0|1"
 
 
@@ -39,6 +43,7 @@ def load_medmcqa(
     seed: int = 0,
     synthetic_rows: dict[str, int] | None = None,
     show_progress: bool | None = None,
+    skip_flag: str = validate.SUBMIT_SKIP_FLAG,
 ) -> schema.Loaded:
     """Load, validate and canonicalise MedMCQA.
 
@@ -47,6 +52,7 @@ def load_medmcqa(
     cop_base: 0 or 1 to state the `cop` convention (required when a file is ambiguous).
     bad_rows: "strict" raises one UserError listing the problems; "skip" drops bad rows and counts them.
     synthetic_rows: rows per split for source="synthetic" (default 2,000 train / 500 validation).
+    skip_flag: how the command that runs this spells bad_rows=skip, for the strict error.
     """
     policy = validate.check_policy(bad_rows)
     if cop_base not in (None, 0, 1):
@@ -54,7 +60,7 @@ def load_medmcqa(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise UserError(f"unknown MedMCQA split(s) {unknown}; valid: {', '.join(SPLITS)}")
-    bad = BadRows("MedMCQA", policy)
+    bad = BadRows("MedMCQA", policy, skip_flag)
     ids = IdRegistry()
     report: dict[str, Any] = {"source": readers.describe(source), "inputs": [], "conventions": {}, "notes": []}
     groups: list[tuple[str, str | None, Iterable[Record], int | None, str | None]] = []  # label, split, records, base, convention
@@ -116,13 +122,21 @@ def _convert(records: Iterable[Record], split: str | None, known_base: int | Non
     """Yield (split, rows-or-None-for-dropped, convention) per split found in one input."""
     pending: dict[str | None, list[tuple[str, list[Problem], dict[str, Any] | None, Any]]] = {}
     canonical: dict[str | None, bool] = {}
+    columns: dict[str | None, set[str]] = {}  # every column any row of the split has
+    first: dict[str | None, tuple[str, list[str]]] = {}  # the split's file and its first row's columns, in order
     for rec in records:
         key = rec.split if rec.split is not None else split
+        if rec.data is not None:
+            columns.setdefault(key, set()).update(rec.data)
+            if key not in first:
+                first[key] = (rec.file, list(rec.data))
         is_canonical = rec.data is not None and "options" in rec.data and "opa" not in rec.data
         canonical[key] = canonical.get(key, True) and (is_canonical or rec.data is None)
         pending.setdefault(key, []).append(canonical_row(rec) if is_canonical else _parse(rec))
     for rec_split, items in pending.items():
         labelled = rec_split != "test"
+        if rec_split in first:
+            _check_columns(first[rec_split], columns[rec_split], canonical[rec_split], labelled)
         if known_convention is not None:
             base, convention = known_base, known_convention
         elif canonical[rec_split]:
@@ -135,6 +149,15 @@ def _convert(records: Iterable[Record], split: str | None, known_base: int | Non
                 problems = _answer(row, cop, base, convention, where, labelled) or ids.check(row["id"], where)
             rows.append(row if bad.row(problems) else None)
         yield rec_split, rows, convention
+
+
+def _check_columns(first: tuple[str, list[str]], columns: set[str], canonical: bool, labelled: bool) -> None:
+    """A file none of whose rows has a MedMCQA column is the wrong file: one line, not a problem per row."""
+    needed = [c for c in (CANONICAL_COLUMNS if canonical else RELEASE_COLUMNS) if labelled or c not in ("cop", "answer")]
+    missing = validate.absent(columns, needed)
+    if missing:
+        file, ordered = first
+        raise validate.columns_error(file, "MedMCQA", ordered + sorted(columns - set(ordered)), missing, LAYOUTS)
 
 
 def _parse(rec: Record) -> tuple[str, list[Problem], dict[str, Any] | None, Any]:

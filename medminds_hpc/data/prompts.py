@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 Template = Literal["paper", "harness"]
 TEMPLATES: tuple[str, ...] = ("paper", "harness")
+# tokens of each template with a one-letter question and options, as Mistral's tokenizer counts them
+TEMPLATE_TOKENS: dict[str, int] = {"paper": 72, "harness": 29}
 PAPER_INSTRUCTION = ("[INST] Solve this Multiple Choice Question and provide the correct option out of four options "
                      "(A,B,C,D) as the answer. [/INST]")
 OPTION_MARKS: dict[str, str] = {"paper": "({}) {}", "harness": "{}. {}"}  # "(A) text" vs "A. text"

@@ -115,28 +115,52 @@ def paused_gc() -> Iterator[None]:
 
 
 # readers --------------------------------------------------------------------------------------------------
+# what a damaged or mislabelled file raises from pyarrow, pandas, json or datasets (pyarrow's own errors subclass these)
+UNREADABLE: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, KeyError, NotImplementedError)
+KINDS: dict[str, str] = {".csv": "CSV", ".parquet": "Parquet", ".json": "JSON", ".jsonl": "JSON lines"}
+
+
 def read_file(path: Path, show_progress: bool | None = None) -> Iterator[Record]:
-    """Every record of one file or save_to_disk folder, in order."""
+    """Every record of one file or save_to_disk folder, in order; a file that cannot be read at all is one
+    UserError naming it (a bad line of JSON lines is a bad row instead, see validate.py)."""
     path = Path(path)
     if is_saved_dataset(path):
-        yield from _read_saved(path)
-        return
-    if not path.exists():
+        kind = "a datasets.save_to_disk folder"
+        records = _read_saved(path)
+    elif not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    suffix = path.suffix.lower()
+    else:
+        suffix = path.suffix.lower()
+        if suffix not in KINDS:
+            raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(FILE_SUFFIXES)} "
+                            f"or a datasets.save_to_disk folder")
+        kind = f"a {KINDS[suffix]} file"
+        records = _read_by_suffix(path, suffix, show_progress)
+    try:
+        yield from records
+    except UNREADABLE as e:
+        raise unreadable(path, kind, e) from None
+
+
+def unreadable(path: Path, kind: str, error: BaseException) -> UserError:
+    """One line for a file the libraries refuse: what it should be, their reason, and what to do."""
+    reason = (str(error).strip().splitlines() or [""])[0]
+    reason = reason.split(f"'{path}': ", 1)[-1].replace(str(path), path.name)  # the path is said already
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return UserError(f"{path}: cannot be read as {kind} ({type(error).__name__}: {reason or 'no details'}); "
+                     f"re-download or re-export it, or move it out of {path.parent}")
+
+
+def _read_by_suffix(path: Path, suffix: str, show_progress: bool | None) -> Iterator[Record]:
     split = split_of(path.name)
     if suffix == ".csv":
         yield from _read_csv(path, split)
     elif suffix == ".parquet":
         yield from _read_parquet(path, split)
-    elif suffix in (".json", ".jsonl"):
-        if suffix == ".json" and _first_char(path) == "[":
-            yield from _read_json_array(path, split)
-        else:
-            yield from _read_json_lines(path, split, show_progress)
+    elif suffix == ".json" and _first_char(path) == "[":
+        yield from _read_json_array(path, split)
     else:
-        raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(FILE_SUFFIXES)} "
-                        f"or a datasets.save_to_disk folder")
+        yield from _read_json_lines(path, split, show_progress)
 
 
 def _first_char(path: Path) -> str:
@@ -152,6 +176,8 @@ def _first_char(path: Path) -> str:
 
 def _read_json_lines(path: Path, split: str | None, show_progress: bool | None) -> Iterator[Record]:
     name = str(path)
+    first_bad: Record | None = None
+    good = False
     with open(path, "rb") as f, progress(f"reading {path.name}", path.stat().st_size, show_progress) as advance:
         for number, raw in enumerate(f, start=1):
             advance(len(raw))
@@ -160,19 +186,25 @@ def _read_json_lines(path: Path, split: str | None, show_progress: bool | None) 
             try:
                 data = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                yield Record(name, number, "line", None, split, f"not valid JSON ({e})")
-                continue
-            if not isinstance(data, dict):
-                yield Record(name, number, "line", None, split, f"a JSON object per line, got {type(data).__name__}")
-                continue
-            yield Record(name, number, "line", data, split)
+                rec = Record(name, number, "line", None, split, f"not valid JSON ({e})")
+            else:
+                rec = (Record(name, number, "line", data, split) if isinstance(data, dict) else
+                       Record(name, number, "line", None, split, f"a JSON object per line, got {type(data).__name__}"))
+            good = good or rec.data is not None
+            first_bad = first_bad or (rec if rec.data is None else None)
+            yield rec
+    if first_bad is not None and not good:  # not one object: a damaged or mislabelled file, not a few bad rows
+        raise UserError(f"{path}: no line holds a JSON object (line {first_bad.index}: {first_bad.error}); expected JSON "
+                        f"lines (one object per line) or a JSON array of objects; re-download or re-export it, or move "
+                        f"it out of {path.parent}")
 
 
 def _read_json_array(path: Path, split: str | None) -> Iterator[Record]:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); expected JSON lines or a JSON array of objects") from None
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); expected JSON lines or a JSON array of objects; "
+                        f"re-download or re-export it, or move it out of {path.parent}") from None
     if not isinstance(items, list):
         raise UserError(f"{path}: expected a JSON array of objects or one JSON object per line, got a {type(items).__name__}")
     for number, data in enumerate(items, start=1):

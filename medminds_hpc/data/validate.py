@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from medminds_hpc.errors import UserError
 
 Policy = Literal["strict", "skip"]
 POLICIES: tuple[str, ...] = ("strict", "skip")
 MAX_LISTED = 20
+MAX_COLUMNS_LISTED = 30
+# how a user asks for bad_rows=skip depends on the command that ran prepare
+SUBMIT_SKIP_FLAG = "-o bad_rows=skip (-o prepare.bad_rows=skip when submitting an experiment that needs this data)"
+CLI_SKIP_FLAG = "--bad-rows skip"
 
 # reasons: the keys of the card's "dropped" counts (missing / empty / wrong type are suffixed with the field)
 MISSING = "missing field"
@@ -33,7 +37,8 @@ def check_policy(policy: str) -> Policy:
     return policy  # type: ignore[return-value]
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def shown(value: Any, limit: int = 60) -> str:
+    """A value for a message: its repr, cut short."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -45,9 +50,12 @@ class Problem:
     expected: str
     got: Any
     reason: str
+    text: str = ""  # the whole message after `where`, when "expected X, got Y" would say it less plainly
 
     def message(self) -> str:
-        got = "nothing (field absent or null)" if self.reason.startswith(MISSING) else _short(self.got)
+        if self.text:
+            return f"{self.where}: {self.text}"
+        got = "nothing (field absent or null)" if self.reason.startswith(MISSING) else shown(self.got)
         return f"{self.where}: field {self.field!r}: expected {self.expected}, got {got}"
 
 
@@ -57,6 +65,7 @@ class BadRows:
 
     what: str
     policy: Policy = "strict"
+    skip_flag: str = SUBMIT_SKIP_FLAG  # named in the strict error as the way to drop bad rows
     problems: list[Problem] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
 
@@ -84,7 +93,7 @@ class BadRows:
             if more:
                 listed.append(f"... and {more} more problems")
             raise UserError(
-                f"{self.what}: {self.count} invalid row(s); fix them, or pass -o bad_rows=skip to drop and count them: "
+                f"{self.what}: {self.count} invalid row(s); fix them, or pass {self.skip_flag} to drop and count them: "
                 + "; ".join(listed)
             )
         return dict(sorted(self.dropped.items()))
@@ -133,3 +142,20 @@ class IdRegistry:
             return [Problem(where, "id", f"a unique id (already used at {first})", id_, DUPLICATE)]
         self._seen[id_] = where
         return []
+
+
+def absent(found: Iterable[str], needed: Sequence[str]) -> list[str]:
+    """The needed columns no row has; "a|b" is satisfied by either name."""
+    have = set(found)
+    return [n for n in needed if not any(alt in have for alt in n.split("|"))]
+
+
+def columns_error(source: str, what: str, found: Iterable[str], missing: Sequence[str],
+                  layouts: Mapping[str, Sequence[str]]) -> UserError:
+    """A file whose rows all lack a needed column is the wrong file, not many bad rows: one line with the columns
+    it has and those expected (raised under skip too, where every row would silently go)."""
+    cols = list(dict.fromkeys(found))
+    shown = ", ".join(cols[:MAX_COLUMNS_LISTED]) + (f", ... ({len(cols)} in all)" if len(cols) > MAX_COLUMNS_LISTED else "")
+    expected = "; or ".join(f"{', '.join(c.replace('|', ' or ') for c in needed)} ({name})" for name, needed in layouts.items())
+    return UserError(f"{source}: not {what} data: no row has {', '.join(m.replace('|', ' or ') for m in missing)}; "
+                     f"its columns are {shown or '(none)'}; expected {expected}")

@@ -20,6 +20,7 @@ Tokenizers come back with a pad token (pad = unk when the tokenizer has none: se
 from __future__ import annotations
 
 import json
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,11 +113,20 @@ def list_models() -> list[ModelSpec]:
     return list(REGISTRY.values())
 
 
+def is_hub_id(name: str) -> bool:
+    """`owner/name` that is no local path: a Hub model the job fetches (a compute node may reach the Hub)."""
+    text = str(name).strip()
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and text not in REGISTRY and not Path(text).expanduser().exists()
+
+
 def resolve_model(name: str) -> ModelSpec:
-    """A registered name or a local model directory -> its spec; anything else is a UserError saying what works."""
+    """A registered name, a local model directory or a Hub id -> its spec; anything else is a UserError saying what
+    works."""
     name = str(name).strip()
     if name in REGISTRY:
         return REGISTRY[name]
+    if is_hub_id(name):
+        return ModelSpec(name=name, kind="hub", description="a Hugging Face Hub model", hub_id=name, unsloth_id=name)
     path = Path(name).expanduser()
     if path.is_dir():
         path = path.absolute()
@@ -135,15 +145,9 @@ def resolve_model(name: str) -> ModelSpec:
             )
         raise UserError(f"{path} is a directory but not a saved model (no config.json in it)")
     known = ", ".join(REGISTRY)
-    hint = ""
-    if "/" in name and not name.startswith((".", "/", "~")):
-        hint = (
-            f" Hub ids are not taken directly: download it (`huggingface-cli download {name} --local-dir DIR`) "
-            "and pass DIR, or add it to REGISTRY in medminds_hpc/modeling/loading.py."
-        )
     raise UserError(
-        f"unknown model {name!r}. Known models: {known}. "
-        f"A local directory saved with save_pretrained (containing config.json) works too.{hint}"
+        f"unknown model {name!r}: no registered name, local directory or Hub id (owner/name). Known models: {known}. "
+        "A local directory saved with save_pretrained (containing config.json) works too."
     )
 
 

@@ -35,7 +35,7 @@ import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, TypeVar
 
 from medminds_hpc.errors import StageNotImplemented, UserError
 
@@ -59,6 +59,7 @@ class StageInfo:
     config: str = "Config"
     run: str = "run"
     uses_model: bool = True
+    trains: bool = False  # its module's planned_training(cfg, rows per prepared file) -> (file, rows trained on)
 
     def load_module(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -70,6 +71,10 @@ class StageInfo:
     def headline(self) -> str:
         """The metric `medminds status` shows for the stage's runs: its module's HEADLINE, else accuracy."""
         return getattr(self.load_module(), "HEADLINE", "accuracy")
+
+    def planned_training(self, cfg: Any, rows: Mapping[str, int]) -> tuple[str, int] | None:
+        """The prepared file a training stage trains on and how many of its rows, from the rows per file."""
+        return self.load_module().planned_training(cfg, rows) if self.trains else None
 
     @property
     def implemented(self) -> bool:
@@ -90,13 +95,13 @@ STAGES: dict[str, StageInfo] = {
     for s in [
         StageInfo("doctor", "medminds_hpc.stages.doctor", "report what a job sees on a node: GPU, CUDA, libraries, disk, Hub", uses_model=False),
         StageInfo("prepare", "medminds_hpc.stages.prepare", "read, validate and split MedMCQA, ARC and medical-instruct data", uses_model=False),
-        StageInfo("expert", "medminds_hpc.stages.expert", "LoRA SFT of one expert (task: ARC, domain: medical instruct)"),
+        StageInfo("expert", "medminds_hpc.stages.expert", "LoRA SFT of one expert (task: ARC, domain: medical instruct)", trains=True),
         StageInfo("baseline-nextword", "medminds_hpc.stages.baseline", "score ' A'..' D' at the answer position", config="NextWordConfig", run="run_nextword"),
-        StageInfo("baseline-classifier", "medminds_hpc.stages.baseline", "4-way head + LoRA on a base or expert", config="ClassifierConfig", run="run_classifier"),
+        StageInfo("baseline-classifier", "medminds_hpc.stages.baseline", "4-way head + LoRA on a base or expert", config="ClassifierConfig", run="run_classifier", trains=True),
         StageInfo("features", "medminds_hpc.stages.features", "cache both frozen experts' last-token states on MedMCQA (a job array over shards)"),
-        StageInfo("ensemble", "medminds_hpc.stages.ensemble", "heads over the two experts' last-token outputs"),
+        StageInfo("ensemble", "medminds_hpc.stages.ensemble", "heads over the two experts' last-token outputs", trains=True),
         StageInfo("merge", "medminds_hpc.stages.merge", "merge the two experts' LoRA adapters into one (linear, TIES, DARE) and score ' A'..' D'"),
-        StageInfo("moe", "medminds_hpc.stages.moe", "a router before every decoder layer mixes the two experts"),
+        StageInfo("moe", "medminds_hpc.stages.moe", "a router before every decoder layer mixes the two experts", trains=True),
     ]
 }
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
-from medminds_hpc.training.options import TrainOptions, doc
+from medminds_hpc.training.selection import planned_training  # noqa: F401  (StageInfo.trains)
+from medminds_hpc.training.options import PROMPT_FITS, Relation, TrainOptions, doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
@@ -36,8 +37,10 @@ TRAINABLE_LORA = "default"  # peft's name for the classifier's own LoRA
 class NextWordConfig:
     adapter: Literal["none", "task", "domain"] = field(default="none", metadata=doc("expert adapter applied to the base"))
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template"))
-    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass"))
-    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)"))
+    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass", ge=1))
+    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)", ge=2, le=131072))
+
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 @dataclass
@@ -45,14 +48,16 @@ class ClassifierConfig(TrainOptions):
     adapter: Literal["none", "task", "domain"] = field(default="none", metadata=doc("expert adapter under the head"))
     head_init: Literal["random", "letters"] = field(default="random", metadata=doc("random (paper) or the LM-head rows of ' A'..' D'"))
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template"))
-    lora_r: int = field(default=16, metadata=doc("LoRA rank"))
-    lora_alpha: int = field(default=8, metadata=doc("LoRA alpha"))
-    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout"))
+    lora_r: int = field(default=16, metadata=doc("LoRA rank", ge=1, le=4096))
+    lora_alpha: int = field(default=8, metadata=doc("LoRA alpha", gt=0, le=65536))
+    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout", ge=0, lt=1))
     learning_rate: float = 1e-4
     batch_size: int = 32
-    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
+    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)", ge=0))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
         "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
+
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 # shared by both stages -------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
-from medminds_hpc.training.options import TrainOptions, doc
+from medminds_hpc.training.selection import planned_training  # noqa: F401  (StageInfo.trains)
+from medminds_hpc.training.options import PROMPT_FITS, Relation, TrainOptions, doc
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,8 +56,8 @@ class Config(TrainOptions):
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc(
         "prompt template when the experts are recomputed; the cache keeps its features run's"))
     max_length: int = field(default=512, metadata=doc(
-        "prompt tokens kept (left-truncated) when the experts are recomputed; the cache keeps its features run's"))
-    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
+        "prompt tokens kept (left-truncated) when the experts are recomputed; the cache keeps its features run's", ge=2, le=131072))
+    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)", ge=0))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
         "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
     learning_rate: float = 1e-4
@@ -67,6 +68,8 @@ class Config(TrainOptions):
     epochs: float = 10.0
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adam"
     max_grad_norm: float = 0.0  # the paper's ensembles train with plain Adam steps, gradients unclipped
+
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
     @property
     def cached(self) -> bool:

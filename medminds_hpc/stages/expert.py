@@ -14,24 +14,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 from medminds_hpc.errors import UserError
-from medminds_hpc.training.options import TrainOptions, doc
+from medminds_hpc.training.options import PROMPT_FITS, Relation, TrainOptions, doc
 
 
 @dataclass
 class Config(TrainOptions):
     data: Literal["arc", "medical-instruct"] = field(default="arc", metadata=doc("training data of this expert"))
-    lora_r: int = field(default=16, metadata=doc("LoRA rank"))
-    lora_alpha: int = field(default=16, metadata=doc("LoRA alpha"))
-    lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout"))
+    lora_r: int = field(default=16, metadata=doc("LoRA rank", ge=1, le=4096))
+    lora_alpha: int = field(default=16, metadata=doc("LoRA alpha", gt=0, le=65536))
+    lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout", ge=0, lt=1))
     loss_on: Literal["answer", "all"] = field(default="answer", metadata=doc("tokens that carry loss; 'all' teaches the prompt too"))
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("multiple-choice prompt template (ARC and validation)"))
-    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
-    holdout_rows: int = field(default=200, metadata=doc("training rows held out to measure the expert on its own task"))
+    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)", ge=0))
+    holdout_rows: int = field(default=200, metadata=doc("training rows held out to measure the expert on its own task", ge=0))
     epochs: float = 3.0
     optimizer: Literal["adamw", "adamw_8bit", "adam"] = "adamw_8bit"
+
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 HEADLINE = "task_accuracy"  # held-out accuracy on its own training task: the number that says the expert learned
@@ -133,6 +135,20 @@ def epoch_metrics(model: Any, tokenizer: Any, val_rows: list[dict[str, Any]], ho
     return {"accuracy": result["accuracy"], "task_accuracy": task_accuracy}
 
 
+TRAIN_FILE = {"arc": "arc_train", "medical-instruct": "instruct_train"}  # prepared file each expert trains on
+
+
+def held_out(cfg: Config, total: int) -> int:
+    return min(cfg.holdout_rows, total // 10)
+
+
+def planned_training(cfg: Config, rows: Mapping[str, int]) -> tuple[str, int]:
+    """The prepared file the expert trains on and how many rows it trains on (checked at submit)."""
+    total = rows.get(TRAIN_FILE[cfg.data], 0)
+    n = total - held_out(cfg, total)
+    return TRAIN_FILE[cfg.data], min(n, cfg.max_train_rows) if cfg.max_train_rows else n
+
+
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
@@ -142,9 +158,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from medminds_hpc.modeling.lora import add_lora, checkpointing_wanted
     from medminds_hpc.training import engine, metrics
 
-    source = "arc_train" if cfg.data == "arc" else "instruct_train"
-    train_rows = load_prepared(ctx.dataset, source, ctx.data_dir()).to_list()
-    holdout, train_rows = split_holdout(train_rows, min(cfg.holdout_rows, len(train_rows) // 10), cfg.seed)
+    train_rows = load_prepared(ctx.dataset, TRAIN_FILE[cfg.data], ctx.data_dir()).to_list()
+    holdout, train_rows = split_holdout(train_rows, held_out(cfg, len(train_rows)), cfg.seed)
     if cfg.max_train_rows:
         train_rows = train_rows[: cfg.max_train_rows]
     val_rows = load_prepared(ctx.dataset, "medmcqa_validation", ctx.data_dir()).to_list()

@@ -17,10 +17,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from medminds_hpc import artifacts
-from medminds_hpc.training.options import doc
+from medminds_hpc.training.options import PROMPT_FITS, Relation, doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
@@ -34,20 +34,11 @@ HEADLINE = "questions_per_second"
 @dataclass
 class Config:
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template the experts read"))
-    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)"))
-    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass"))
-    rows_per_shard: int = field(default=1000, metadata=doc("questions per cache file (the unit of resume and of a job array's work)"))
+    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)", ge=2, le=131072))
+    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass", ge=1))
+    rows_per_shard: int = field(default=1000, metadata=doc("questions per cache file (the unit of resume and of a job array's work)", ge=1))
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_length < 2:
-            problems.append(f"max_length: expected at least 2 (BOS and one token), got {self.max_length}")
-        if self.rows_per_shard < 1:
-            problems.append(f"rows_per_shard: expected at least 1, got {self.rows_per_shard}")
-        if self.eval_batch_size < 1:
-            problems.append(f"eval_batch_size: expected at least 1, got {self.eval_batch_size}")
-        if problems:
-            raise ValueError("; ".join(problems))
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 def cache_root(run: "Run") -> Path:

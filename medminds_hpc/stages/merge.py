@@ -29,10 +29,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from medminds_hpc import artifacts, fileio
-from medminds_hpc.training.options import doc
+from medminds_hpc.training.options import PROMPT_FITS, Relation, doc
 
 if TYPE_CHECKING:
     from medminds_hpc.context import StageContext
@@ -48,26 +48,16 @@ class Config:
         "rescale, then ties (all on each projection's whole update B @ A)"))
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5], metadata=doc(
         "weight of the task and the domain adapter, in that order ([0.5, 0.5] averages for linear; "
-        "ties and dare-ties usually take [1.0, 1.0], as their sign election already averages)"))
-    density: float = field(default=0.5, metadata=doc("share of each adapter's values kept by ties and dare-ties, in (0, 1]"))
+        "ties and dare-ties usually take [1.0, 1.0], as their sign election already averages)", length=2, ge=-100, le=100))
+    density: float = field(default=0.5, metadata=doc("share of each adapter's values kept by ties and dare-ties, in (0, 1]", gt=0, le=1))
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template"))
-    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass"))
-    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)"))
-    seed: int = field(default=3407, metadata=doc("seed of dare-ties' random drop"))
+    eval_batch_size: int = field(default=32, metadata=doc("questions per forward pass", ge=1))
+    max_length: int = field(default=512, metadata=doc("prompt tokens kept (left-truncated)", ge=2, le=131072))
+    seed: int = field(default=3407, metadata=doc("seed of dare-ties' random drop", ge=0, le=2**32 - 1))
     svd_rank: int = field(default=0, metadata=doc(
-        "rank of the merged adapter of ties and dare-ties (an SVD of the merged updates); 0: the experts' ranks summed"))
+        "rank of the merged adapter of ties and dare-ties (an SVD of the merged updates); 0: the experts' ranks summed", ge=0, le=65536))
 
-    def __post_init__(self) -> None:
-        problems = []
-        if len(self.weights) != 2:
-            problems.append(f"weights: expected 2 numbers (task, domain adapter), got {len(self.weights)} {self.weights!r}; "
-                            "give e.g. -o weights=1,1")
-        if not 0 < self.density <= 1:
-            problems.append(f"density: expected a share in (0, 1], got {self.density!r}; give e.g. -o density=0.5")
-        if self.svd_rank < 0:
-            problems.append(f"svd_rank: expected 0 (the experts' ranks summed) or a positive rank, got {self.svd_rank!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 def merge_adapters(model: Any, cfg: Config, names: list[str]) -> Any:

@@ -25,12 +25,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 from medminds_hpc import artifacts, fileio
 from medminds_hpc.errors import UserError
-from medminds_hpc.modeling.moe_spec import MoESpec
-from medminds_hpc.training.options import TrainOptions, doc
+from medminds_hpc.modeling.moe_spec import NUM_EXPERTS, MoESpec
+from medminds_hpc.training.selection import planned_training  # noqa: F401  (StageInfo.trains)
+from medminds_hpc.training.options import PROMPT_FITS, Relation, TrainOptions, doc
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,22 +57,22 @@ class Config(TrainOptions):
     granularity: Literal["token", "sequence"] = field(default="sequence", metadata=doc(
         "sequence: one decision per question, from the mean of its real tokens' states (each expert was trained as "
         "a whole model: it learns far more reliably); token: every token routed on its own state"))
-    top_k: int = field(default=1, metadata=doc("experts per token for the top-k router"))
+    top_k: int = field(default=1, metadata=doc("experts per token for the top-k router (at most the number of experts)", ge=1, le=NUM_EXPERTS))
     capacity_factor: float = field(default=1.25, metadata=doc(
         "top-k router: tokens an expert may take, times the even share; overflow goes to the next choice, then "
-        "through the base layer (training only)"))
-    router_noise: float = field(default=1.0, metadata=doc("top-k router: scale of the learned noise"))
-    router_hidden: int = field(default=128, metadata=doc("mlp router: width of its hidden layer"))
-    load_balance_coef: float = field(default=0.0, metadata=doc("weight of the load-balancing loss (0: off)"))
+        "through the base layer (training only)", gt=0, le=1000))
+    router_noise: float = field(default=1.0, metadata=doc("top-k router: scale of the learned noise", ge=0))
+    router_hidden: int = field(default=128, metadata=doc("mlp router: width of its hidden layer", ge=1, le=65536))
+    load_balance_coef: float = field(default=0.0, metadata=doc("weight of the load-balancing loss (0: off)", ge=0))
     head_init: Literal["random", "letters"] = field(default="random", metadata=doc(
         "random (the paper) or the LM-head rows of ' A'..' D' (starts from the next-word prior)"))
     train_experts: bool = field(default=False, metadata=doc("true: both experts' adapters train with the routers and head"))
     amp: bool = field(default=True, metadata=doc("mixed precision on CUDA (false: fp32); the routers always run in fp32"))
     prompt: Literal["paper", "harness"] = field(default="paper", metadata=doc("prompt template"))
-    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)"))
+    eval_rows: int = field(default=0, metadata=doc("validate on at most this many MedMCQA validation rows (0: all)", ge=0))
     keep: Literal["last", "best"] = field(default="last", metadata=doc(
         "weights reported and saved: after the last epoch, or the epoch judged best (on the split `selection` names)"))
-    adam_eps: float = field(default=1e-8, metadata=doc("Adam epsilon"))
+    adam_eps: float = field(default=1e-8, metadata=doc("Adam epsilon", gt=0))
     max_length: int = 128
     epochs: float = 10.0
 
@@ -79,14 +80,7 @@ class Config(TrainOptions):
         return MoESpec(router=self.router, mix=self.mix, granularity=self.granularity, hard=self.hard, top_k=self.top_k,
                        capacity_factor=self.capacity_factor, noise=self.router_noise, router_hidden=self.router_hidden)
 
-    def __post_init__(self) -> None:
-        problems = self.spec().problems() + self.option_problems()
-        if not self.load_balance_coef >= 0:
-            problems.append(f"load_balance_coef: expected 0 (off) or more, got {self.load_balance_coef}")
-        if not self.adam_eps > 0:
-            problems.append(f"adam_eps: expected a number above 0, got {self.adam_eps}")
-        if problems:
-            raise ValueError("; ".join(problems))
+    RELATIONS: ClassVar[tuple[Relation, ...]] = (PROMPT_FITS,)
 
 
 # the model ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from medminds_hpc import paths
+from medminds_hpc.data.instruct import Source
 from medminds_hpc.training.options import doc
 
 EXPERIMENT = "prepare"
@@ -25,33 +26,24 @@ HEADLINE = "rows"  # rows written, all files together: what `medminds status` sh
 
 @dataclass
 class Config:
-    source: str = field(default="hub", metadata=doc("hub (on clusters), synthetic (offline demo), or a path to local files"))
+    source: str = field(default="hub", metadata=doc("hub (on clusters), synthetic (offline demo), or a path to local files", nonempty=True))
     split: Literal["first", "stratified"] = field(default="stratified", metadata=doc("first N rows (the paper) or sampled by subject"))
-    seed: int = field(default=0, metadata=doc("seed for stratified sampling and ARC option choice"))
-    cop_base: int | None = field(default=None, metadata=doc("0 or 1: MedMCQA answer convention when a file is ambiguous"))
+    seed: int = field(default=0, metadata=doc("seed for stratified sampling and ARC option choice", ge=0, le=2**32 - 1))
+    cop_base: int | None = field(default=None, metadata=doc("0 or 1: MedMCQA answer convention when a file is ambiguous", ge=0, le=1))
     bad_rows: Literal["strict", "skip"] = field(default="strict", metadata=doc("fail on invalid rows, or drop and count them"))
-    instruct: list[str] = field(default_factory=lambda: ["mistral-instruct"],
-                                metadata=doc("domain-expert data: any of mistral-instruct (the paper's), wikidoc, medquad"))
+    instruct: list[Source] = field(default_factory=lambda: ["mistral-instruct"],
+                                metadata=doc("domain-expert data: any of mistral-instruct (the paper's), wikidoc, medquad", nonempty=True))
     force: bool = field(default=False, metadata=doc("rebuild even when the folder's card.json says it is up to date"))
     source_fingerprint: str = field(default="", metadata=doc(
         "set when the run is planned: the local source's files (path, size, mtime); changed files make a new run"))
 
     def __post_init__(self) -> None:
-        from medminds_hpc.data.instruct import SOURCES  # light: the data loaders import datasets lazily
-
         if self.source not in ("hub", "synthetic"):
             # absolute, so the job reads the same files wherever it starts, and the run id tells paths apart
             self.source = os.path.abspath(os.path.expanduser(self.source))
-        problems = []
-        if self.cop_base not in (None, 0, 1):
-            problems.append(f"cop_base: expected 0 (Hugging Face, cop 0-3) or 1 (original release, cop 1-4), got {self.cop_base!r}")
-        unknown = [s for s in self.instruct if s not in SOURCES]
-        if unknown or not self.instruct:
-            problems.append(f"instruct: unknown source(s) {unknown or '(none given)'}; valid: {', '.join(SOURCES)}")
-        if not problems:
-            problems += self._check_source()
+        problems = self._check_source()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
 
     def _check_source(self) -> list[str]:
         """Fill in the fingerprint of a local source (planning), or check it still holds (in the job)."""

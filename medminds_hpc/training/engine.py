@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 from medminds_hpc import artifacts, compat, distributed, fileio
 from medminds_hpc.context import StageContext, StopRequested
+from medminds_hpc.errors import UserError
 from medminds_hpc.training import checkpoint
 from medminds_hpc.training.options import TrainOptions
 
@@ -304,6 +305,9 @@ def train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
 def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
     from transformers import Trainer
 
+    rows = _length(plan.train_dataset)
+    if rows == 0:  # the Trainer's own error here is a sampler's ("num_samples should be a positive integer value")
+        raise untrainable(plan.options, rows)
     distributed.active()  # several ranks: join their group now, with its bounded timeout, before the Trainer does
     staging = ctx.checkpoints.root / checkpoint.TRAINER_STAGING
     if ctx.is_rank_zero:
@@ -325,7 +329,30 @@ def _train(ctx: StageContext, plan: TrainPlan) -> TrainOutcome:
         shutil.rmtree(staging, ignore_errors=True)
     if callback.stopped:
         raise StopRequested(f"stopped at step {trainer.state.global_step} after saving")
+    # The run's global step, not this attempt's: one resumed from a checkpoint at the last step took its steps before.
+    if trainer.state.global_step == 0:
+        raise untrainable(plan.options, rows)
     return TrainOutcome(trainer.state.global_step, total, eval_history(ctx.run_dir), callback.best)
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # a streamed (iterable) dataset
+        return None
+
+
+def untrainable(options: TrainOptions, rows: int | None) -> UserError:
+    """Why a training stage took no optimizer step, and what to change: such a run fails rather than complete and
+    report the metrics of weights it never trained."""
+    data = f"{rows:,} training rows" if rows is not None else "a streamed training set"
+    limits = f"batch_size {options.batch_size}, epochs {options.epochs:g}" + (f", max_steps {options.max_steps}" if options.max_steps else "")
+    if rows == 0:
+        fix = ("the training split is empty: check the prepared data (its card.json counts the rows per split), and "
+               "-o max_train_rows (0: all rows) and -o dev_rows (the dev split is carved out of the training rows first)")
+    else:
+        fix = "give it more training rows (-o max_train_rows=0 uses all), more -o epochs or -o max_steps, or a smaller -o batch_size"
+    return UserError(f"training took no optimizer step ({data}, {limits}), so the run cannot complete; {fix}")
 
 
 def _add_train_seconds(ctx: StageContext, seconds: float) -> float:

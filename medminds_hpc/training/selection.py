@@ -12,7 +12,7 @@ paper's protocol, whose best epoch is an optimistic estimate (`medminds report` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from medminds_hpc.training.options import TrainOptions
 
@@ -49,6 +49,17 @@ def dev_size(total: int, asked: int) -> int:
         return 0
     wanted = asked if asked > 0 else min(DEV_MAX_ROWS, max(1, round(total * DEV_SHARE)))
     return min(wanted, total - 1)
+
+
+def planned_rows(options: TrainOptions, total: int) -> int:
+    """How many of `total` training rows `split` leaves to train on (what submit checks before the job runs)."""
+    held = dev_size(total, options.dev_rows) if options.selection == "dev" else 0
+    return min(total - held, options.max_train_rows) if options.max_train_rows else total - held
+
+
+def planned_training(options: TrainOptions, rows: Mapping[str, int]) -> tuple[str, int]:
+    """The MedMCQA-trained stages (classifier, ensembles, mixtures): their prepared file and rows trained on."""
+    return "medmcqa_train", planned_rows(options, rows.get("medmcqa_train", 0))
 
 
 def split(options: TrainOptions, answers: Sequence[Any], max_train_rows: int = 0) -> Split:
