@@ -160,14 +160,14 @@ class ClusterProfile:
         if gpu is None:
             fitting = self.gpus_with_memory(need, partition, max(res.gpus, 1))
             if not fitting:
-                problems.append(f"no GPU type on cluster {self.name} has {need} GB (min_gpu_memory_gb) for {res.gpus} GPU(s) on a node"
+                problems.append(f"min_gpu_memory_gb = {need}: no GPU type on cluster {self.name} has {need} GB for {res.gpus} GPU(s) on a node"
                                 f"{f' in partition {partition!r}' if partition else ''}; its types: {self._memory_listing()}; "
                                 f"lower min_gpu_memory_gb or use another --cluster")
                 return None
             return fitting[0]
         if gpu in self.gpus and self.gpus[gpu].memory_gb < need:
             bigger = self.gpus_with_memory(need)
-            problems.append(f"GPU type {gpu!r} has {self.gpus[gpu].memory_gb} GB but the job needs {need} GB (min_gpu_memory_gb); "
+            problems.append(f"gpu = {gpu!r}, min_gpu_memory_gb = {need}: GPU type {gpu!r} has {self.gpus[gpu].memory_gb} GB but the job needs {need} GB; "
                             f"GPU types with enough: {', '.join(bigger) or '(none on cluster ' + self.name + ')'}")
         return gpu
 
@@ -203,16 +203,16 @@ class ClusterProfile:
         memory_gb = None
         if gpu:
             if gpu not in self.gpus:
-                problems.append(f"unknown GPU type {gpu!r} on cluster {self.name}; valid GPU types: {', '.join(sorted(self.gpus))}")
+                problems.append(f"gpu: unknown GPU type {gpu!r} on cluster {self.name}; valid GPU types: {', '.join(sorted(self.gpus))}")
             else:
                 g = self.gpus[gpu]
                 cpus, mem, memory_gb = g.cpus, g.mem, g.memory_gb or None
                 if gpus < 1:
                     problems.append(f"gpus must be at least 1 for GPU type {gpu!r} (use gpu = 'none' for a CPU job)")
                 if gpus > g.per_node:
-                    problems.append(f"{gpus} {gpu} GPUs on one node is impossible on cluster {self.name}: a node has at most {g.per_node}")
+                    problems.append(f"gpus = {gpus}: {gpus} {gpu} GPUs on one node is impossible on cluster {self.name}: a node has at most {g.per_node}")
                 if g.partitions and partition in self.partitions and partition not in g.partitions:
-                    problems.append(f"GPU type {gpu!r} is not in partition {partition!r}; it is in: {', '.join(g.partitions)}")
+                    problems.append(f"gpu = {gpu!r}, partition = {partition!r}: GPU type {gpu!r} is not in partition {partition!r}; it is in: {', '.join(g.partitions)}")
                 if self.gpu_request == "gres":
                     gres = f"gpu:{g.gres}:{gpus}"
                 else:
@@ -221,7 +221,7 @@ class ClusterProfile:
         if partition in self.partitions:
             limit = self.partitions[partition].max_time
             if minutes > parse_time(limit):
-                problems.append(f"time {res.time} exceeds partition {partition!r}'s limit of {limit}")
+                problems.append(f"time = {res.time}: exceeds partition {partition!r}'s limit of {limit}")
         if problems:
             return None, problems
         return JobResources(
@@ -285,7 +285,7 @@ def job_resources(profile: ClusterProfile, dataset: str, asked: dict[str, Any] |
     if pinned not in (None, "none") and pinned not in profile.gpus and "gpu" not in (overrides or {}):
         hint = (f" (the experiment's [resources.{dataset}] names it: say what the job needs instead, "
                 f"e.g. min_gpu_memory_gb = N, which every cluster profile can meet)")
-        problems = [p + hint if p.startswith(f"unknown GPU type {pinned!r}") else p for p in problems]
+        problems = [p + hint if p.startswith(f"gpu: unknown GPU type {pinned!r}") else p for p in problems]
     raise many([f"{where}: {p}" for p in problems])
 
 

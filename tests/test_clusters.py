@@ -196,10 +196,10 @@ def test_memory_need_overrides_a_cpu_size_default(tmp_path):
 @pytest.mark.parametrize(
     "asked,overrides,needle",
     [
-        ({"min_gpu_memory_gb": 100}, {}, "no GPU type on cluster dev has 100 GB (min_gpu_memory_gb)"),
-        ({"min_gpu_memory_gb": 40}, {"gpu": "v100"}, "GPU type 'v100' has 32 GB but the job needs 40 GB (min_gpu_memory_gb); GPU types with enough: rtx8000, a100"),
+        ({"min_gpu_memory_gb": 100}, {}, "min_gpu_memory_gb = 100: no GPU type on cluster dev has 100 GB"),
+        ({"min_gpu_memory_gb": 40}, {"gpu": "v100"}, "gpu = 'v100', min_gpu_memory_gb = 40: GPU type 'v100' has 32 GB but the job needs 40 GB; GPU types with enough: rtx8000, a100"),
         ({"min_gpu_memory_gb": 40, "gpu": "none"}, {}, "min_gpu_memory_gb = 40 asks for a GPU but gpu = 'none'"),
-        ({"min_gpu_memory_gb": 40, "gpus": 3}, {}, "no GPU type on cluster dev has 40 GB (min_gpu_memory_gb) for 3 GPU(s) on a node"),
+        ({"min_gpu_memory_gb": 40, "gpus": 3}, {}, "min_gpu_memory_gb = 40: no GPU type on cluster dev has 40 GB for 3 GPU(s) on a node"),
     ],
 )
 def test_impossible_memory_needs_are_refused(asked, overrides, needle):
@@ -358,7 +358,7 @@ def test_every_problem_of_a_jobs_resources_is_one_line():
     with pytest.raises(UserError) as e:  # the time is not compared with a partition that does not exist
         clusters.load_profile("dev").resolve({"gpu": "a100", "gpus": 3, "time": "3-00:00:00", "partition": "nope"}, where="test")
     assert str(e.value).splitlines() == ["2 problems:", "test: unknown partition 'nope' on cluster dev; valid partitions: gpu, gpu-preempt",
-                                         "test: 3 a100 GPUs on one node is impossible on cluster dev: a node has at most 2"]
+                                         "test: gpus = 3: 3 a100 GPUs on one node is impossible on cluster dev: a node has at most 2"]
 
 
 # a value the profile would drop is refused, not ignored -------------------------------------------------------------
@@ -506,10 +506,10 @@ def test_a_broken_table_is_not_said_again_where_it_is_named(tmp_path):
 
 @pytest.mark.parametrize("size_table,expected", [
     ('[sizes.mini]\ngpu = "h200"', '[sizes.mini]: gpu: unknown GPU type \'h200\'; valid GPU types: a100, h100'),
-    ('[sizes.mini]\ngpu = "a100"\ngpus = 5', "[sizes.mini]: 5 a100 GPUs on one node is impossible on cluster x: a node has at most 4"),
+    ('[sizes.mini]\ngpu = "a100"\ngpus = 5', "[sizes.mini]: gpus = 5: 5 a100 GPUs on one node is impossible on cluster x: a node has at most 4"),
     ('[sizes.mini]\ngpu = "a100"\npartition = "long"', "[sizes.mini]: unknown partition 'long' on cluster x; valid partitions: cpu, gpu"),
     ('[sizes.mini]\ngpu = "none"\ngpus = 2', "[sizes.mini]: gpus = 2 asks for GPUs but gpu = 'none' makes a CPU job"),
-    ('[sizes.mini]\nmin_gpu_memory_gb = 100', "[sizes.mini]: no GPU type on cluster x has 100 GB"),
+    ('[sizes.mini]\nmin_gpu_memory_gb = 100', "[sizes.mini]: min_gpu_memory_gb = 100: no GPU type on cluster x has 100 GB"),
     ('[sizes.mini]\nnodes = 1', '[sizes.mini]: no gpu: say which GPU type a mini job gets (gpu = one of a100, h100), '
                                            'or gpu = "none" for CPU jobs'),
 ])
@@ -521,7 +521,7 @@ def test_a_sizes_table_is_checked_against_the_profile_when_read(tmp_path, size_t
 
 def test_a_sizes_time_beyond_its_partitions_limit_names_the_table(tmp_path):
     text = OTHER_PROFILE.replace('[sizes.mini]\ngpu = "a100"\ntime = "12:00:00"', '[sizes.mini]\ngpu = "none"\ntime = "2-00:00:00"')
-    assert load_problems(profile_file(tmp_path, text)) == ["[sizes.mini]: time 2-00:00:00 exceeds partition 'cpu''s limit of 1-00:00:00"]
+    assert load_problems(profile_file(tmp_path, text)) == ["[sizes.mini]: time = 2-00:00:00: exceeds partition 'cpu''s limit of 1-00:00:00"]
 
 
 def test_a_sizes_table_of_no_size_names_the_table(tmp_path):

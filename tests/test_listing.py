@@ -34,4 +34,4 @@ def test_refused_sizes_are_shown_not_raised(tmp_path):
                     '[gpus.t4]\ngres = "t4"\nmemory_gb = 16\n[sizes.micro]\ngpu = "t4"\ntime = "01:00:00"\n[sizes.mini]\ngpu = "t4"\n')
     res = listing.resources_by_size(experiments.load("baseline-nextword"), clusters.load_profile(str(path)))
     assert isinstance(res["micro"], clusters.JobResources) and res["micro"].gpu == "t4" and res["micro"].gpu_memory_gb == 16
-    assert res["mini"] == "refused: time 04:00:00 exceeds partition 'gpu''s limit of 02:00:00"
+    assert res["mini"] == "refused: time = 04:00:00: exceeds partition 'gpu''s limit of 02:00:00"
