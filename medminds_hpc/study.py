@@ -213,6 +213,7 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool
     to_run = [p for node in nodes for p in node.runs if p.action in TO_RUN]
     submit._check_stages_implemented(to_run)
     memory.refuse_overfull([p.memory for p in to_run], top=ALL)
+    found = submit.home_folders()
     if not opts.dry_run:
         paths.check_home()
     for note in preflight.model_notes(to_run):
@@ -236,6 +237,9 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool
                 say(render_tree(nodes, opts, executor))
     except KeyboardInterrupt:
         raise submit.Interrupted(submit._interrupted(submitted, executor)) from None
+    except UserError:
+        submit.leave_as_found(found, [p.run_id for node in nodes for p in node.runs])
+        raise
     return nodes
 
 

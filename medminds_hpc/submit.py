@@ -14,6 +14,7 @@ waiting stops a local job (the run stays resumable) or, for Slurm, stops only th
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -271,6 +272,7 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
     to_run = [p for p in planned if p.action in ("new", "fresh", "resume")]
     _check_stages_implemented(to_run)  # refuse before anything is written or submitted
     memory.refuse_overfull([p.memory for p in to_run], top=name)  # likewise: a run that cannot fit its GPU
+    found = home_folders()
     if not opts.dry_run:
         paths.check_home()
     for note in preflight.model_notes(planned):
@@ -317,7 +319,39 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
                     wait_for_run(p)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted([p for p in planned if p.run_id in jobs], executor)) from None
+    except UserError:
+        leave_as_found(found, [p.run_id for p in planned])
+        raise
     return planned
+
+
+def home_folders() -> dict[Path, tuple[int, int]]:
+    """The home's folders that exist before a command writes, with their access and change times (what
+    `leave_as_found` keeps)."""
+    home = paths.home()
+    found = {}
+    for folder in (home, home / ".locks", paths.runs_dir(), home / "arrays"):
+        with contextlib.suppress(OSError):
+            st = folder.stat()
+            if folder.is_dir():
+                found[folder] = (st.st_atime_ns, st.st_mtime_ns)
+    return found
+
+
+def leave_as_found(found: dict[Path, tuple[int, int]], run_ids: list[str]) -> None:
+    """After a failed submission (sbatch refused it): the lock files of runs that do not exist, and the folders
+    this command made that are empty again, go, and the folders it found keep their times: the home is as found."""
+    home = paths.home()
+    for run_id in run_ids:
+        if runs.get(run_id) is None:
+            (home / ".locks" / f"{run_id}.lock").unlink(missing_ok=True)
+    for folder in (home / ".locks", paths.runs_dir(), home / "arrays", home):
+        if folder not in found:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+    for folder, times in found.items():
+        with contextlib.suppress(OSError):
+            os.utime(folder, ns=times)
 
 
 def _prepare_run(p: PlannedRun, executor: str) -> runs.Run:

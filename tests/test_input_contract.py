@@ -518,3 +518,21 @@ def test_the_study_bounds(experiment, key, bad, good, medminds_home):
     assert code == 2 and key in " ".join(lines), lines
     code, lines = invoke("submit", experiment, "-d", "micro", "--model", "tiny", "--dry-run", "-o", f"{key}={good}")
     assert code == 0, lines
+
+
+@pytest.mark.parametrize("command", [["submit", "prepare"], ["submit", "all", "--only", "prepare"]])
+@pytest.mark.parametrize("home_exists", [True, False])
+def test_a_submission_sbatch_refuses_leaves_the_home_as_found(command, home_exists, medminds_home, tmp_path, monkeypatch):
+    """sbatch itself says no (an account, a QOS): one line, exit 2, and no lock file, runs/ folder or home left."""
+    bin_dir = tmp_path / "refusing"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: Invalid account or account/partition combination specified" >&2\nexit 1\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    if not home_exists:
+        medminds_home.rmdir()
+    before = snapshot(medminds_home)
+    code, lines = invoke(*command, "-d", "micro", "-o", "prepare.source=synthetic" if "all" in command else "source=synthetic",
+                         "--cluster", "dev", "--executor", "slurm")
+    assert code == 2 and any("Invalid account" in line for line in problem_lines(lines)), lines
+    assert snapshot(medminds_home) == before
