@@ -148,6 +148,15 @@ def trainer_with_hooks(
     return Hooked
 
 
+def checkpointing_field(args_class: type) -> str:
+    """The TrainingArguments field that turns gradient checkpointing on: `activation_checkpointing` in recent
+    transformers 5, `gradient_checkpointing` before (5.17 of the GPU lock still has only that one)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def ask_once_for_lomo() -> None:
     """accelerate's optimizer step asks importlib whether the `lomo_optim` package is installed, twice per step
     (~0.5 ms: a tenth of an ensemble head's step); what is installed does not change while a run trains."""

@@ -170,16 +170,21 @@ def split_overrides(top: str, chain: list[str], overrides: list[str]) -> tuple[d
         key, _, value = item.partition("=")
         head, dot, rest = key.strip().partition(".")
         if dot and head != "resources":
-            if head not in available():
-                problems.append(f"-o {item!r}: there is no experiment {head!r} (NAME.KEY=VALUE sets experiment NAME's "
-                                f"parameter); experiments: {', '.join(available())}")
-            elif head not in routed:
-                problems.append(f"-o {item!r}: {head} is not part of this submission; it involves {', '.join(chain)}")
-            else:
-                routed[head].append(f"{rest}={value}")
+            problems += route_named(item, head, f"{rest}={value}", routed, "submission")
         else:
             routed[top].append(item)
     return routed, problems
+
+
+def route_named(item: str, name: str, setting: str, routed: dict[str, list[str]], what: str) -> list[str]:
+    """`-o NAME.KEY=VALUE`: KEY=VALUE goes to experiment NAME when the command involves it; else the line saying why."""
+    if name in routed:
+        routed[name].append(setting)
+        return []
+    if name not in available():
+        return [f"-o {item!r}: there is no experiment {name!r} (NAME.KEY=VALUE sets experiment NAME's parameter); "
+                f"experiments: {', '.join(available())}"]
+    return [f"-o {item!r}: {name} is not part of this {what}; it involves {', '.join(routed)}"]
 
 
 def model_of(exp: Experiment, model: str | None) -> str | None:

@@ -128,13 +128,7 @@ def route_overrides(order: list[str], loaded: dict[str, experiments.Experiment],
     for item, (key, value) in zip(overrides, experiments.parse_overrides(overrides)):
         head, dot, rest = key.partition(".")
         if dot and head != "resources":
-            if head not in experiments.available():
-                problems.append(f"-o {item!r}: there is no experiment {head!r} (NAME.KEY=VALUE sets experiment NAME's "
-                                f"parameter); experiments: {', '.join(experiments.available())}")
-            elif head not in routed:
-                problems.append(f"-o {item!r}: {head} is not part of this study; it holds {', '.join(order)}")
-            else:
-                routed[head].append(f"{rest}={value}")
+            problems += experiments.route_named(item, head, f"{rest}={value}", routed, "study")
         elif head == "resources":
             for name in order:
                 routed[name].append(item)

@@ -43,6 +43,19 @@ def one_torch_thread():
         yield
 
 
+def pytest_report_header(config):
+    """The libraries these tests ran against and the lock they came from: a failure names its versions."""
+    from medminds_hpc import environment
+
+    present = environment.installed()
+    names = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "submitit")
+    lock = environment.lock_in_use()
+    differ = environment.differences()
+    versions = ", ".join(f"{n} {present.get(n, '-')}" for n in names)
+    return [f"libraries: {versions}",
+            f"lock: {lock.name if lock else 'none recorded'}; differences: {'; '.join(differ) if differ else 'none'}"]
+
+
 def pytest_collection_modifyitems(config, items):
     if slurm_up():
         return

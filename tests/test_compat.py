@@ -155,3 +155,15 @@ def test_no_module_but_compat_touches_these_private_apis():
     offenders = [f"{path.relative_to(ROOT)}: {pattern}" for path in sorted((ROOT / "medminds_hpc").rglob("*.py")) if path.name != "compat.py"
                  for pattern in PRIVATE_USES if re.search(pattern, path.read_text())]
     assert offenders == []
+
+
+def test_the_checkpointing_field_is_one_the_arguments_have():
+    """TrainingArguments and trl's SFTConfig of the installed releases take the flag under the name compat gives."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    for args_class in (TrainingArguments, SFTConfig):
+        name = compat.checkpointing_field(args_class)
+        assert name in {f.name for f in dataclasses.fields(args_class)} and f"{name}_kwargs" in {f.name for f in dataclasses.fields(args_class)}

@@ -134,15 +134,18 @@ def test_bad_option_value_exits_2_with_one_line(medminds_home):
 
 
 def test_training_arguments_carry_the_setting(tmp_path):
+    from transformers import TrainingArguments
     from trl import SFTConfig
 
+    from medminds_hpc.compat import checkpointing_field
     from medminds_hpc.training.engine import training_arguments
 
-    assert not training_arguments(TrainOptions(), tmp_path).activation_checkpointing  # auto on the CPU: off
+    flag = checkpointing_field(TrainingArguments)  # the name differs between transformers releases
+    assert not getattr(training_arguments(TrainOptions(), tmp_path), flag)  # auto on the CPU: off
     # trl turns it on by default; the option decides
-    assert not training_arguments(TrainOptions(), tmp_path, SFTConfig).activation_checkpointing
+    assert not getattr(training_arguments(TrainOptions(), tmp_path, SFTConfig), checkpointing_field(SFTConfig))
     on = training_arguments(TrainOptions(gradient_checkpointing=True), tmp_path)
-    assert on.activation_checkpointing and on.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert getattr(on, flag) and getattr(on, f"{flag}_kwargs") == {"use_reentrant": False}
 
 
 def gradients(model, loss) -> dict[str, torch.Tensor]:

@@ -112,13 +112,16 @@ def test_load_plan_on_cuda(fake_cuda, fake_unsloth, monkeypatch, tmp_path):
     assert (plain.backend, plain.source, plain.quantize_4bit) == ("transformers", "mistralai/Mistral-7B-Instruct-v0.2", True)
 
 
-def test_cpu_loads_never_import_unsloth(fake_unsloth, medminds_home):
+def test_cpu_loads_never_import_unsloth(fake_unsloth, medminds_home, caplog):
     assert importlib.util.find_spec("unsloth") is not None  # "installed"
     model, tok = load_model("tiny")
     assert "unsloth" not in sys.modules
-    with pytest.raises(UserError, match="huggingface-cli download mistralai/Mistral-7B-Instruct-v0.2"):
-        load_model("mistral-7b-instruct")  # offline: a clear error, and still no unsloth
+    with caplog.at_level("INFO", logger="medminds_hpc.modeling.loading"):
+        with pytest.raises(UserError, match="huggingface-cli download mistralai/Mistral-7B-Instruct-v0.2"):
+            load_model("mistral-7b-instruct")  # offline: a clear error, and still no unsloth
     assert "unsloth" not in sys.modules
+    # the fallback is said: installed, not used, and why
+    assert "unsloth is installed but not used for mistral-7b-instruct (device cpu, unsloth needs CUDA)" in caplog.text
 
 
 def test_unsloth_path_on_cuda_is_called_as_planned(fake_cuda, fake_unsloth, medminds_home):

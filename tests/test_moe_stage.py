@@ -165,9 +165,9 @@ def test_experts_on_different_bases_are_refused_before_anything_is_written(home)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
-    ("top_k=3", "top_k: expected 1 to 2 (the number of experts), got 3"),
-    ("top_k=0", "top_k: expected 1 to 2 (the number of experts), got 0"),
-    ("capacity_factor=0", "capacity_factor: expected a number above 0"),
+    ("top_k=3", "top_k: expected a value in [1, 2], got 3"),
+    ("top_k=0", "top_k: expected a value in [1, 2], got 0"),
+    ("capacity_factor=0", "capacity_factor: expected a value in (0, 1000], got 0.0"),
     ("router=gru", "-o router: expected one of 'linear', 'topk', 'mlp', got 'gru'"),
     ("mix=sum", "-o mix: expected one of 'outputs', 'deltas', got 'sum'"),
 ])

@@ -43,9 +43,10 @@ def source(module_home) -> Path:
 
 @pytest.fixture
 def options(source):
-    """What every submission here uses: the tiny model, one epoch over at most 64 rows, validation on all 60."""
+    """What every submission here uses: the tiny model, one epoch over at most 64 rows (2 to 4 steps: one of warm-up),
+    validation on all 60."""
     def make(**kw) -> study.StudyOptions:
-        overrides = [f"prepare.source={source}", "epochs=1", "max_train_rows=64", "eval_rows=60"]
+        overrides = [f"prepare.source={source}", "epochs=1", "max_train_rows=64", "eval_rows=60", "warmup_steps=1"]
         return study.StudyOptions("micro", cluster="dev", executor="slurm", model="tiny", overrides=overrides, **kw)
     return make
 

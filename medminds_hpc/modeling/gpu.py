@@ -34,10 +34,14 @@ def bf16_supported(device: str | None = None) -> bool:
     return major >= 8
 
 
+def unsloth_installed() -> bool:
+    """Checks without importing it: importing unsloth patches transformers globally (and raises without a GPU)."""
+    return importlib.util.find_spec("unsloth") is not None
+
+
 def unsloth_available() -> bool:
-    """unsloth is installed AND usable here (it needs CUDA). Checks without importing it: importing unsloth
-    patches transformers globally, which must happen only when we mean to use it."""
-    return importlib.util.find_spec("unsloth") is not None and cuda_available()
+    """unsloth is installed AND usable here (it needs CUDA)."""
+    return unsloth_installed() and cuda_available()
 
 
 def bitsandbytes_installed() -> bool:

@@ -20,6 +20,7 @@ Tokenizers come back with a pad token (pad = unk when the tokenizer has none: se
 from __future__ import annotations
 
 import json
+import logging
 import re
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from medminds_hpc.modeling.adapters import (  # noqa: F401  (part of this module
     use_adapter,
 )
 
+log = logging.getLogger(__name__)
 Kind = Literal["hub", "tiny", "local", "packaged"]
 Quantize = Literal["auto", "4bit", "none"]
 QUANTIZE_CHOICES = ("auto", "4bit", "none")
@@ -233,6 +235,9 @@ def load_model(
     """
     spec = resolve_model(name)
     plan = plan_load(spec, device=device, quantize=quantize, dtype=dtype, for_classification=for_classification)
+    if plan.backend != "unsloth" and spec.kind == "hub" and gpu.unsloth_installed():
+        why = "a classifier head" if for_classification else f"device {plan.device}, unsloth needs CUDA"
+        log.info("unsloth is installed but not used for %s (%s): loading with transformers", spec.name, why)
     if plan.backend == "unsloth":
         model, tok = _load_unsloth(plan)
         if tokenizer is not None:

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from medminds_hpc import paths
+from medminds_hpc import environment, paths
 from medminds_hpc.training.options import doc
 
 
@@ -70,6 +70,8 @@ def run(ctx: Any, cfg: Config) -> dict[str, Any]:
         "free_disk_gb_home": round(shutil.disk_usage(paths.home()).free / 1e9, 1),
         "free_disk_gb_hf_cache": round(shutil.disk_usage(hf_home if os.path.isdir(hf_home) else paths.home()).free / 1e9, 1),
         "hub_reachable": _hub_reachable() if cfg.check_hub else "not tried",
+        "lock": str(environment.lock_in_use() or "none recorded (not installed by install.sh)"),
+        "differs_from_lock": environment.differences() or "nothing: every version is the lock's",
     }
     ctx.write_json(REPORT_FILE, report)
     return {"cuda_available": cuda, "node": report["node"]}

@@ -127,8 +127,6 @@ def per_device_batch(batch_size: int, grad_accum: int, world_size: int, where: s
 
 
 def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any = None, **extra: Any) -> Any:
-    import dataclasses
-
     from transformers import TrainingArguments
 
     from medminds_hpc.modeling.gpu import cuda_available, pick_precision
@@ -138,9 +136,9 @@ def training_arguments(options: TrainOptions, output_dir: Path, args_class: Any 
     precision = pick_precision(options.precision)
     world_size = distributed.from_env().world_size
     micro_batch = per_device_batch(options.batch_size, options.grad_accum, world_size)
-    # the Trainer turns it on in the model it trains; transformers < 5 calls the flag gradient_checkpointing
+    # the Trainer turns it on in the model it trains
     checkpointing = checkpointing_wanted(options.gradient_checkpointing)
-    flag = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(args_class)} else "gradient_checkpointing"
+    flag = compat.checkpointing_field(args_class)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
