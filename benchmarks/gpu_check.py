@@ -104,7 +104,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     for path in args.paths.split(","):
         if path == "unsloth" and not unsloth_available():
-            print("unsloth  not installed (MEDMINDS_GPU_EXTRA=1 bash install.sh): skipped")
+            print("unsloth  not installed (MEDMINDS_LOCK=gpu bash install.sh): skipped")
             continue
         try:
             check(path, args)

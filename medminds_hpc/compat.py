@@ -157,6 +157,15 @@ def checkpointing_field(args_class: type) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
+def sft_trains_without_triton() -> bool:
+    """Whether trl's SFTTrainer can compute its loss with no Triton (a CPU build of torch has none): it always goes
+    through a fused LM head, which trl 1.15 (the GPU lock's) has only as Triton kernels (None without), 1.16 in
+    torch too."""
+    from trl.trainer import utils
+
+    return getattr(utils, "_ChunkedLogProbFunction", object()) is not None
+
+
 def ask_once_for_lomo() -> None:
     """accelerate's optimizer step asks importlib whether the `lomo_optim` package is installed, twice per step
     (~0.5 ms: a tenth of an ensemble head's step); what is installed does not change while a run trains."""

@@ -13,7 +13,17 @@ from medminds_hpc.data.prepare import prepare
 from medminds_hpc.stages import expert
 from medminds_hpc.training.metrics import PROB_COLUMNS, SCORE_COLUMNS, read_predictions
 from tests.helpers import MISTRAL_TOKENIZER, SHARED_DATA, require_shared_data
-from tests.helpers import run_expert as run_stage, small_expert as small
+from tests.helpers import run_expert as run_stage, small_expert as small, stage_ctx
+
+
+def _sft_on_cpu() -> bool:
+    from medminds_hpc import compat
+
+    return compat.sft_trains_without_triton()
+
+
+# trl 1.15 (the GPU lock's) computes SFT losses with Triton kernels only: its experts train on a GPU, not here
+sft_on_cpu = pytest.mark.skipif(not _sft_on_cpu(), reason="this trl's SFTTrainer needs Triton and CUDA (the GPU lock's trl)")
 
 MEDQUAD = SHARED_DATA / "medquad" / "medquad_qa_pairs_5k.jsonl"
 
@@ -81,6 +91,7 @@ def test_holdout_is_seeded_and_spread_over_the_data():
 
 
 @pytest.mark.slow
+@sft_on_cpu
 def test_task_expert_learns_and_its_adapter_reloads(micro_data):
     result = run_stage("expert-task-micro-00000001", small(epochs=2.0))
     run = runs.get("expert-task-micro-00000001")
@@ -116,6 +127,7 @@ def test_task_expert_learns_and_its_adapter_reloads(micro_data):
 
 
 @pytest.mark.slow
+@sft_on_cpu
 def test_domain_expert_learns_its_answers(micro_data):
     cfg = small("medical-instruct", epochs=2.0, max_train_rows=320, learning_rate=1e-2, max_length=96)
     run_stage("expert-domain-micro-00000001", cfg)
@@ -125,6 +137,7 @@ def test_domain_expert_learns_its_answers(micro_data):
 
 
 @pytest.mark.slow
+@sft_on_cpu
 def test_expert_resumes_exactly(micro_data):
     cfg = small(epochs=1.0, max_train_rows=320)
     reference = run_stage("expert-task-micro-0000000a", cfg)
@@ -144,3 +157,15 @@ def test_expert_resumes_exactly(micro_data):
     wa = load_file(str(runs.get("expert-task-micro-0000000a").artifacts_dir / "adapter" / "adapter_model.safetensors"))
     wb = load_file(str(run.artifacts_dir / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_expert_that_cannot_train_here_says_why_before_loading_anything(monkeypatch):
+    """A trl whose SFT needs Triton, on a machine without CUDA: one line naming trl's version and what to do."""
+    import trl
+
+    from medminds_hpc import compat
+    from medminds_hpc.errors import UserError
+
+    monkeypatch.setattr(compat, "sft_trains_without_triton", lambda: False)
+    with pytest.raises(UserError, match=rf"trl {trl.__version__} trains experts with Triton kernels, which need a CUDA GPU"):
+        expert.run(stage_ctx("expert-task-micro-00000001"), small())

@@ -152,11 +152,18 @@ def planned_training(cfg: Config, rows: Mapping[str, int]) -> tuple[str, int]:
 def run(ctx: Any, cfg: Config) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
-    from medminds_hpc import artifacts, fileio
+    from medminds_hpc import artifacts, compat, fileio
     from medminds_hpc.data.prepare import load_prepared
+    from medminds_hpc.modeling.gpu import cuda_available
     from medminds_hpc.modeling.loading import load_model
     from medminds_hpc.modeling.lora import add_lora, checkpointing_wanted
     from medminds_hpc.training import engine, metrics
+
+    if not cuda_available() and not compat.sft_trains_without_triton():
+        import trl
+
+        raise UserError(f"trl {trl.__version__} trains experts with Triton kernels, which need a CUDA GPU: submit the expert "
+                        "to a GPU, or install the CPU lock here (MEDMINDS_LOCK=cpu bash install.sh)")
 
     train_rows = load_prepared(ctx.dataset, TRAIN_FILE[cfg.data], ctx.data_dir()).to_list()
     holdout, train_rows = split_holdout(train_rows, held_out(cfg, len(train_rows)), cfg.seed)
