@@ -18,6 +18,6 @@ MEDMINDS_LOCK=gpu-on-cpu MEDMINDS_VENV=.venv-gpu-on-cpu bash install.sh || exit 
 if [ $# -eq 0 ]; then
   .venv-gpu-on-cpu/bin/python -m pytest -m "slow and not slurm and not gpu" tests/test_expert.py tests/test_baseline_classifier.py \
     tests/test_baseline_nextword.py tests/test_features.py tests/test_ensemble.py tests/test_moe_stage.py tests/test_merge.py \
-    tests/test_training_engine.py tests/test_data_prepare.py || status=$?
+    tests/test_training_engine.py tests/test_data_prepare.py tests/test_gpu_check.py || status=$?
 fi
 exit $status
