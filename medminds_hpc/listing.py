@@ -111,6 +111,11 @@ def parameters(exp: experiments.Experiment) -> list[dict[str, Any]]:
     return out
 
 
+def resource_keys() -> dict[str, str]:
+    """Each key of -o resources.KEY=VALUE with its declared domain."""
+    return {key: config.describe_domain(clusters.Resources, key) for key in config.field_types(clusters.Resources)}
+
+
 def rules(exp: experiments.Experiment) -> list[str]:
     """The relations between the stage's parameters, as `submit` checks them."""
     return [f"{', '.join(r.keys)}: {r.text}" for r in config.relations(exp.stage_info.config_class())]
@@ -126,7 +131,7 @@ def detail(name: str, profile: clusters.ClusterProfile) -> dict[str, Any]:
         "description": exp.description, "file": str(exp.path), "needs": exp.needs,
         "model": (exp.model or experiments.DEFAULT_MODEL) if stage.uses_model else None,
         "cluster": profile.name, "cluster_file": profile.path,
-        "parameters": parameters(exp), "rules": rules(exp),
+        "parameters": parameters(exp), "rules": rules(exp), "resource_keys": resource_keys(),
         "asks": {s: exp.resources.get(s, {}) for s in clusters.DATASET_SIZES},
         "resources": {s: ({"error": r} if isinstance(r, str) else dataclasses.asdict(r)) for s, r in res.items()},
     }
@@ -180,4 +185,6 @@ def render_detail(d: dict[str, Any], width: int) -> str:
     if rows:
         lines.append(tables.wrapped_table(["size", "gpu", "gpu memory", "partition", "time", "cpus", "mem", "experiment asks"], rows, width))
     lines += refused
+    keys = ", ".join(f"{k} ({v})" if v else k for k, v in d["resource_keys"].items())
+    lines += ["", para(f"resource keys (-o resources.KEY=VALUE, each checked against the profile at submit): {keys}")]
     return "\n".join(lines)

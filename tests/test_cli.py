@@ -87,6 +87,7 @@ def test_list_one_experiment_shows_parameters_defaults_help_and_resources():
     text = run_cli("list", "moe-topk", "--cluster", "generic", env={"COLUMNS": "400"}).stdout
     assert "experts per token for the top-k router" in text and "linear | topk | mlp" in text
     assert "batch_size, grad_accum: batch_size must be a multiple of grad_accum" in text
+    assert "gpus (>= 0), nodes (>= 1)" in text and "mem (N[K|M|G|T]" in text  # the resources' domains too
     assert "passes over the training split" in text  # a shared field the stage redeclares keeps its help
     assert max(len(line) for line in lines) <= 80
     moe = run_cli("list", "moe-linear", env={"COLUMNS": "80"}).stdout
