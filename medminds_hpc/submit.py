@@ -27,7 +27,6 @@ from typing import Any, Callable, Literal
 from medminds_hpc import clusters, compat, control, experiments, localjobs, memory, paths, preflight, runs, status
 from medminds_hpc.errors import StageNotImplemented, UserError, many
 
-Executor = Literal["slurm", "local", "debug"]
 EXECUTORS = ("slurm", "local", "debug")
 
 

@@ -540,6 +540,16 @@ class ChaosOutcome:
     notes: list[str] = dataclasses.field(default_factory=list)  # where each fault landed, the error recorded
 
 
+HOOKS = ROOT / "tests" / "hooks"
+
+
+def slow_save(step: int, seconds: float) -> dict[str, str]:
+    """Environment for a job whose first checkpoint of a step >= `step` takes `seconds` longer between writing and
+    renaming (tests/hooks/sitecustomize.py), so a fault can be aimed at a save in progress."""
+    path = os.environ.get("PYTHONPATH")
+    return {"MEDMINDS_TEST_SLOW_SAVE": f"{step}:{seconds}", "PYTHONPATH": f"{HOOKS}{os.pathsep + path if path else ''}"}
+
+
 @contextlib.contextmanager
 def environ(**values: str) -> Iterator[None]:
     """Environment variables for the block (a job submitted inside keeps them across requeues)."""
@@ -645,15 +655,13 @@ def chaos_preemptions(jobs_dir: Path, rng: Any, k: int, reference: Callable[[int
                       save_delay_s: float = 6.0) -> ChaosOutcome:
     """K preemptions of one run at random steps, 15 steps apart at most (Slurm takes ~3 s = ~12 steps to stop the
     job); with aim_at_save the last one while a checkpoint is being written: that save, past every other fault,
-    is made slow (checkpoint.SLOW_SAVE_ENV) for longer than the preemption takes to arrive."""
-    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
-
+    is made slow (slow_save) for longer than the preemption takes to arrive."""
     started = time.time()
     slow = 15 * (k - 1) + 30
     steps = slow + 2 * CHAOS_EVERY
     name = chaos_counter(jobs_dir, f"preempted-{rng.randrange(10**6)}", steps, resources=PREEMPTIBLE_A100S)
     at = [2 + 15 * i + rng.randrange(10) for i in range(k - 1 if aim_at_save else k)]
-    with environ(**({SLOW_SAVE_ENV: f"{slow}:{save_delay_s}"} if aim_at_save else {})):
+    with environ(**(slow_save(slow, save_delay_s) if aim_at_save else {})):
         (p,) = submit.submit(name, slurm_options(), say=quiet)
     stops: list[int] = []
     notes: list[str] = []
@@ -868,7 +876,6 @@ def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_
     slow), so the stop request is pending through that epoch's evaluation, which runs next: the job validates,
     stops at the next step boundary, and ends with the reference's metrics and adapter bytes."""
     from medminds_hpc import fileio
-    from medminds_hpc.training.checkpoint import SLOW_SAVE_ENV
 
     started = time.time()
     cfg = small_expert(**CHAOS_EXPERT)
@@ -876,7 +883,7 @@ def chaos_expert_preemption(jobs_dir: Path, rng: Any, reference: runs.Run, save_
     epoch_end = per_epoch * rng.randrange(1, int(cfg.epochs))
     name = f"expert-chaos-{rng.randrange(10**6)}"  # a run of its own each time (the run id holds the name)
     write_job(jobs_dir, name, 'stage = "expert"\n[params]\n' + params_toml(cfg) + "\n" + PREEMPTIBLE_A100S + "\n")
-    with environ(OMP_NUM_THREADS="1", **{SLOW_SAVE_ENV: f"{epoch_end}:{save_delay_s}"}):
+    with environ(OMP_NUM_THREADS="1", **slow_save(epoch_end, save_delay_s)):
         (p,) = submit.submit(name, slurm_options(model="tiny"), say=quiet)
     deadline = time.time() + 300
     while saving_now(runs.get(p.run_id), epoch_end) != epoch_end:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 EXPERTS: tuple[str, ...] = ("task", "domain")
 MANIFEST = "manifest.json"
 SHARD_FILE = "shard-{:05d}.safetensors"
-SHARD_RE = re.compile(r"^shard-(\d{5})\.safetensors$")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FORMAT = 1

@@ -8,10 +8,6 @@ favour of the previous one, with a warning in the job log naming it and why.
 A save that runs out of space (ENOSPC, or EDQUOT on a quota'd share) removes what it half wrote and fails with one
 line naming the step, the folder and what to do (`SaveFailed`); `failure_reason` gives the job that line for a
 save that failed inside the Trainer too. The newest committed checkpoint stays valid, so a resubmission continues.
-
-`MEDMINDS_TEST_SLOW_SAVE=STEP:SECONDS` (tests and benchmarks/chaos.py only; unset in normal use) makes the first
-save of a step >= STEP in each process wait SECONDS after its files are written, before the rename, so that a
-fault can be aimed at a save in progress. Any other value is ignored.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "state.pt"
 MANIFEST = "manifest.json"
 TRAINER_STAGING = ".trainer"  # where the Trainer writes a checkpoint before `commit` (engine.py)
-SLOW_SAVE_ENV = "MEDMINDS_TEST_SLOW_SAVE"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
 log = logging.getLogger(__name__)
@@ -90,7 +85,6 @@ class CheckpointStore:
         except OSError as e:
             self._abandon(step, src, e)
             raise
-        _test_delay(step)
         final = self.root / f"step-{step:08d}"
         fileio.swap_in(src, final)
         self._prune()
@@ -161,16 +155,6 @@ class CheckpointStore:
         for stray in self.root.glob(".tmp-step-*"):  # left by a job killed mid-save
             if not stray.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stray, ignore_errors=True)
-
-
-_slowed: list[int] = []  # the step this process already slowed (once is enough to aim at)
-
-
-def _test_delay(step: int) -> None:
-    wanted = re.fullmatch(r"(\d+):(\d+(?:\.\d+)?)", os.environ.get(SLOW_SAVE_ENV, ""))
-    if wanted and step >= int(wanted.group(1)) and not _slowed:
-        _slowed.append(step)
-        time.sleep(float(wanted.group(2)))
 
 
 def _chain(error: BaseException) -> list[BaseException]:
