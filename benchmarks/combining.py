@@ -41,51 +41,12 @@ cores, most of it in (c). Prints, side by side:
    costs is the residual stream between layers.
 3. The cache on disk per 1,000 questions and extraction throughput (questions/s).
 
-Measured on this project's 2-core VM, whose speed drifts by 10-20 % between runs (compare within one run):
-- first version (folds per expert, Adam): (a) 64.6 s, (b) 52.1 s, 1.81x (one thread, quiet cores).
-- one fold for both experts, layers in row blocks for the extraction (quiet, torch's 2 threads): (a) 32.2 s,
-  (b) 14.0 s, 1.44x; (b') 1.07x; (c) / (a + b) 32.4x; memory 0.59x at batch 32; 62.2 questions/s.
-- the reductions stored vocab-major and folded through `ensemble_heads.FoldIntoRows`, fused AdamW: (a) 30.9 s,
-  (b) 11.0 s (weighted 3.4, transformer 4.5, late-fusion 3.0), 1.35x; (b') 1.09x; (c) / (a + b) 33.3x.
-- and the ensembles' unclipped Adam steps (the paper's), the transformer block written out, a warm-up step per
-  head: (a) 36.5 s, (b) 11.3 s, 1.31x (a slow moment of the VM); then with the fastest of 2 runs: (a) 31.3 s,
-  (b) 9.7 s, 1.31x.
-- and the Trainer's gradient norm only on logging steps, lomo asked for once, batches fetched at once: (a) 28.7 s,
-  (b) 8.7 s (weighted 2.8, transformer 3.5, late-fusion 2.4), 1.30x (1.303); (b'') through the stage's Trainer
-  10.5 s (3.4, 4.3, 2.8), 1.37x: the Trainer's bookkeeping is ~1 ms a step (data loader and accelerate's
-  wrappers, callbacks, scheduler); (b') 1.06x; (c) / (a + b) 39.5x; memory 0.59x at batch 32; extraction
-  69.7 questions/s; cache 2.094 MB per 1,000 questions.
-- and both experts' reductions in one batched product, (b'') measured in the same rounds as (a) and (b) (before,
-  once after them, on whatever the VM was doing then): (a) 30.6 s, (b) 9.0 s, 1.29x, (b'') 8.8 s, 1.29x; then
-  (a) 32.5 s, (b) 10.2 s, 1.31x, (b'') 9.8 s, 1.30x; with the fastest of 3 rounds, three runs: (a) 28.0 / 27.0 /
-  28.2 s, (b) 1.29x / 1.29x / 1.27x, (b'') 9.3 / 8.7 / 8.7 s, 1.33x / 1.32x / 1.31x. Over those five runs (b) is
-  1.27-1.31x (median 1.29x) and (b'') 1.29-1.33x (median 1.31x): the Trainer's bookkeeping, ~0.6 ms a step on a
-  quiet head measured alone (a letters late-fusion head: 1.0 ms a step through it, 0.4 ms in the plain loop), is
-  most of what separates the two.
-- and a NaN loss logged as it is (the Trainer no longer reads the loss back at every step), three runs on a slower
-  day of the VM (the first before that change): (a) 25.5 / 27.3 / 31.0 s, (b) 1.29x / 1.31x / 1.30x, (b'') 1.33x /
-  1.35x / 1.32x; memory 0.59x at batch 32; extraction 64-78 questions/s.
-Where a step goes now (two threads, 32,000 x 256 fp32 LM head = 32.8 MB): the fold ~1.0-1.2 ms as 8 blocks in one
-batched product (one product: ~1.7 ms, a long reduction BLAS gives one thread); the gradient ~2.0 ms as
-`rows @ grad.T`, which lands in the vocab-major weight as computed (stored 8 x vocab it needs `grad @ rows.T`,
-~2.7 ms, or a transposed copy, ~0.7 ms alone); fused AdamW ~0.2 ms of kernel and ~0.3 ms of Python; the rest
-small ops. The transformer head adds ~2 ms of small ops (the letters variant, without the products, takes ~2.4 ms a
-step). Tried and dropped: MKL's prepacked form of the LM head for the gradient (what torch.compile's freezing uses:
-~1.1 ms alone, but 2.7x the LM head's memory and no faster in a whole step); bf16 products under autocast (the
-gradient 0.6 ms, the fold 1.4 ms, a step ~0.4 ms faster, with fp32 changed to bf16 numbers); a single pass over the
-LM head for the gradient, Adam and the next fold (BLAS re-packs its operand at every call, so two products cost
-what they cost whatever the order); padding to 16 rows, other block sizes; a second, transposed copy of the LM head
-for the gradient (1.0-1.6 ms alone, a step 1.3-2 ms slower: the two products no longer read the same 32.8 MB, which
-otherwise stays in the L3 cache from the fold to the gradient); the weight stored block-major (64 blocks, the
-gradient a batched product against the transposed blocks: ~0.15 ms a step, within the drift); bf16 autocast through
-the Trainer (no faster); the weight stored expert-major (8 x vocab, nn.Linear's layout) with its gradient through
-MKL's packed LM head (`torch.ops.mkl._mkl_linear`, what torch.compile's freezing uses for a CPU Linear; 89 MB, 2.7x
-the LM head): the gradient alone 1.1-1.3 ms against 1.4-2.0, a step 0.5-1 ms faster with two heads' steps
-interleaved in one process, but this benchmark slower ((b'') 1.40x in one run): the fold and the gradient then read
-two buffers, 122 MB, where they now share one; oneDNN's reordered LM head for the gradient (1.3-1.9 ms, no gain);
-the gradient split over two Python threads of one BLAS thread each (2.0-2.1 ms, slower); the Trainer without its
-NaN filter and with one AdamW group: ~0.07 and ~0.09 ms a step on a letters head (the first is kept, so that a
-diverged loss shows in the log).
+Last figures (this project's 2-core VM, whose speed drifts 10-20 % between runs; three runs, each the fastest of
+3 rounds): (a) 25.5 / 27.3 / 31.0 s; (a + b) / a 1.29x / 1.31x / 1.30x; through the stage's Trainer (b'') 1.33x /
+1.35x / 1.32x; (b') 1.06-1.10x; (c) / (a + b) 36-43x; memory 0.59x at batch 32; extraction 64-78 questions/s; cache
+2.094 MB per 1,000 questions. A step of a learned-reduction head is two 8 x 32,000 x 256 products with the frozen
+LM head (the fold, ~1.0 ms, and its gradient, ~1.4-2.0 ms; reading the 32.8 MB LM head once takes ~0.9 ms here),
+fused AdamW ~0.5 ms and small ops; the Trainer adds ~0.6 ms a step of bookkeeping.
 """
 
 from __future__ import annotations
