@@ -129,7 +129,7 @@ def detail(name: str, profile: clusters.ClusterProfile) -> dict[str, Any]:
     return {
         "name": exp.name, "stage": exp.stage, "stage_summary": stage.summary, "implemented": stage.implemented,
         "description": exp.description, "file": str(exp.path), "needs": exp.needs,
-        "model": (exp.model or experiments.DEFAULT_MODEL) if stage.uses_model else None,
+        "model": experiments.model_of(exp, None),
         "cluster": profile.name, "cluster_file": profile.path,
         "parameters": parameters(exp), "rules": rules(exp), "resource_keys": resource_keys(),
         "asks": {s: exp.resources.get(s, {}) for s in clusters.DATASET_SIZES},

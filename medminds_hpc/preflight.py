@@ -8,7 +8,6 @@ before that run, from a local source's file names (a MedMCQA source with a valid
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -58,20 +57,17 @@ def model_problems(model: str) -> list[str]:
 
 def _prepared_rows(planned: list["PlannedRun"]) -> dict[str, dict[str, int]]:
     """Rows per prepared file, as far as known, for each prepare run of the plan."""
+    from medminds_hpc.data.prepare import medmcqa_splits, prepared_rows  # card and file names only: no data read
+
     out: dict[str, dict[str, int]] = {}
     for p in planned:
         if p.resolved.experiment.stage != "prepare":
             continue
         if p.action == "done":
-            try:
-                card = json.loads((paths.prepared_dir(p.run_id) / "card.json").read_text())
-            except (OSError, ValueError):
-                continue  # the stage itself will say what is wrong with its data
-            rows = card.get("rows") or {name: info.get("rows", 0) for name, info in card.get("splits", {}).items()}
-            out[p.run_id] = {name: int(n) for name, n in rows.items()}
+            rows = prepared_rows(paths.prepared_dir(p.run_id))
+            if rows is not None:  # else the stage itself will say what is wrong with its data
+                out[p.run_id] = rows
         elif p.resolved.config.source not in ("hub", "synthetic"):
-            from medminds_hpc.data.prepare import medmcqa_splits  # reads file names only
-
             try:
                 if "train" not in medmcqa_splits(p.resolved.config.source):
                     out[p.run_id] = {"medmcqa_train": 0}
@@ -88,12 +84,15 @@ def training_problems(p: "PlannedRun", rows: Mapping[str, int]) -> list[str]:
     split, n = plan
     if split not in rows:
         return []  # not known before the data is prepared
+    from medminds_hpc.data.prepare import training_hint
+
     cfg: Any = p.resolved.config
-    data = paths.prepared_dir(p.needs["prepare"]) / f"{split}.parquet"
+    folder = paths.prepared_dir(p.needs["prepare"])
+    data = folder / f"{split}.parquet"
     if rows[split] == 0:
-        return [f"trains on {split} but its prepare source holds no training rows for it (a validation file only): "
-                "add a training file beside the validation one (e.g. train.json, in the format of dev.json) and submit "
-                "again; scoring stages (baseline-nextword, merges) need none"]
+        how = training_hint(folder) if split == "medmcqa_train" else "add its data to the prepare source and submit again"
+        return [f"trains on {split}, but its prepare source gives no rows of it: {how} (scoring stages, such as "
+                "baseline-nextword and the merges, need none)"]
     if n < cfg.batch_size:
         return [f"batch_size={cfg.batch_size}: the training split has {n} rows after held-out rows and max_train_rows "
                 f"({data}), less than one batch; lower batch_size or train on more rows"]

@@ -232,7 +232,7 @@ def run_study(opts: StudyOptions, say: Callable[[str], None] = print, tree: bool
     except KeyboardInterrupt:
         raise submit.Interrupted(submit._interrupted(submitted, executor)) from None
     except UserError:
-        submit.leave_as_found(found, [p.run_id for node in nodes for p in node.runs])
+        submit.leave_as_found(found, [p.run_id for node in nodes for p in node.runs], restore_times=not submitted)
         raise
     return nodes
 

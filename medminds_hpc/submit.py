@@ -113,7 +113,8 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         exp = experiments.load(exp_name)
         needs = {n: visit(n, chain + (exp_name,), False) for n in exp.needs}
         by_name[exp_name] = UNPLANNED
-        models.append(experiments.model_of(exp, opts.model) or "")
+        if (model := experiments.model_of(exp, opts.model)) is not None:
+            models.append(model)
         resolved = experiments.bind(exp, opts.dataset, opts.model, routed.get(exp_name, []))
         p = plan_checked(resolved, needs, profile, problems, force=top and opts.force)
         if p is not None:
@@ -122,7 +123,7 @@ def plan(name: str, opts: SubmitOptions) -> list[PlannedRun]:
         return by_name[exp_name]
 
     visit(name, (), True)
-    problems.lines += preflight.problems(ordered, filter(None, models))
+    problems.lines += preflight.problems(ordered, models)
     problems.raise_any()
     return ordered
 
@@ -319,7 +320,7 @@ def submit(name: str, opts: SubmitOptions, say: Callable[[str], None] = print) -
     except KeyboardInterrupt:
         raise Interrupted(_interrupted([p for p in planned if p.run_id in jobs], executor)) from None
     except UserError:
-        leave_as_found(found, [p.run_id for p in planned])
+        leave_as_found(found, [p.run_id for p in planned], restore_times=not jobs)
         raise
     return planned
 
@@ -337,9 +338,10 @@ def home_folders() -> dict[Path, tuple[int, int]]:
     return found
 
 
-def leave_as_found(found: dict[Path, tuple[int, int]], run_ids: list[str]) -> None:
+def leave_as_found(found: dict[Path, tuple[int, int]], run_ids: list[str], restore_times: bool) -> None:
     """After a failed submission (sbatch refused it): the lock files of runs that do not exist, and the folders
-    this command made that are empty again, go, and the folders it found keep their times: the home is as found."""
+    this command made that are empty again, go; when nothing was submitted, the folders it found keep their times
+    too: the home is as found."""
     home = paths.home()
     for run_id in run_ids:
         if runs.get(run_id) is None:
@@ -348,7 +350,7 @@ def leave_as_found(found: dict[Path, tuple[int, int]], run_ids: list[str]) -> No
         if folder not in found:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
-    for folder, times in found.items():
+    for folder, times in found.items() if restore_times else ():
         with contextlib.suppress(OSError):
             os.utime(folder, ns=times)
 

@@ -941,9 +941,10 @@ def chaos_kills(jobs_dir: Path, rng: Any, reference: Callable[[int], int], k: in
     return outcome
 
 
-def tree_snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
-    """Every path under `root` (and `root` itself) with its kind, size and mtime: equal snapshots before and after
-    a command mean it wrote nothing there (no file, no lock, no empty folder, nothing touched)."""
+def tree_snapshot(root: Path, root_mtime: bool = True) -> dict[str, tuple[str, int, int, int]]:
+    """Every path under `root` (and `root` itself) with its kind, size, mode and mtime: equal snapshots before and
+    after a command mean it wrote nothing there (no file, no lock, no empty folder, nothing touched). `root_mtime`
+    False leaves the root folder's own mtime out (`medminds prepare` checks a home is writable with a probe file)."""
     root = Path(root)
     if not os.path.lexists(root):
         return {}
@@ -951,5 +952,6 @@ def tree_snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
     for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
         st = p.lstat()
         kind = "dir" if p.is_dir() and not p.is_symlink() else "file" if p.is_file() else "other"
-        out[p.relative_to(root).as_posix() if p != root else "."] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns)
+        mtime = st.st_mtime_ns if root_mtime or p != root or kind != "dir" else 0
+        out[p.relative_to(root).as_posix() if p != root else "."] = (kind, st.st_size if kind == "file" else 0, st.st_mode, mtime)
     return out

@@ -15,7 +15,7 @@ from medminds_hpc.data import prepare as prep
 from medminds_hpc.data.card import card_table
 from medminds_hpc.data.medmcqa import release_row
 from medminds_hpc.errors import UserError
-from tests.helpers import ROOT, assert_user_error, run_cli, without_root_override
+from tests.helpers import ROOT, assert_user_error, run_cli, tree_snapshot, without_root_override
 from tests.helpers import SHARED_DATA as SHARED
 
 needs_shared = pytest.mark.skipif(not (SHARED / "medmcqa").exists(), reason=f"real data absent ({SHARED}); it ships with CI's ../shared/data")
@@ -60,7 +60,7 @@ def test_real_data_folder(tmp_path):
     assert all(len(i["sha256"]) == 64 for i in card["inputs"])
     raw = [json.loads(line)["id"] for line in (SHARED / "medmcqa" / "dev-sample.jsonl").read_text().splitlines()]
     assert prep.load_prepared("micro", "medmcqa_validation")["id"] == raw
-    assert prep.training_rows(tmp_path / "home" / "data" / "micro") == 0
+    assert prep.prepared_rows(tmp_path / "home" / "data" / "micro")["medmcqa_train"] == 0
     # rendering works and mentions the convention
     from rich.console import Console
 
@@ -284,20 +284,9 @@ def test_a_job_whose_source_changed_after_planning_stops_and_says_so(tmp_path):
 
 # every failure: one line, exit 2, and the home exactly as it was -----------------------------------------------------
 def snapshot(folder: Path) -> dict[str, tuple]:
-    """Every entry under `folder` by relative path: kind, size, mode and mtime ({} when absent). Equal snapshots before
-    and after a command: it created, wrote, touched and removed nothing there. The folder's own mtime is left out:
-    `medminds` checks that a home is writable by making and removing a probe file in it."""
-    if not os.path.lexists(folder):
-        return {}
-    if not folder.is_dir():
-        st = folder.lstat()
-        return {".": ("file", st.st_size, st.st_mode, st.st_mtime_ns)}
-    out: dict[str, tuple] = {".": ("dir", folder.lstat().st_mode)}
-    for p in sorted(folder.rglob("*")):
-        st = p.lstat()
-        kind = "dir" if p.is_dir() else "file"
-        out[p.relative_to(folder).as_posix()] = (kind, st.st_size if kind == "file" else 0, st.st_mode, st.st_mtime_ns)
-    return out
+    """tree_snapshot without the folder's own mtime: `medminds` checks that a home is writable by making and
+    removing a probe file in it."""
+    return tree_snapshot(folder, root_mtime=False)
 
 
 def _lived_in(home: Path) -> Path:
@@ -478,12 +467,9 @@ def test_a_validation_only_source_is_scored_whole_and_has_no_training_rows(tmp_p
     assert not (out / "medmcqa_train.parquet").exists() and "medmcqa_train.parquet" not in card["files"]
     assert card["rows"] == {"medmcqa_train": 0, "medmcqa_validation": 700, "arc_train": 0, "instruct_train": 0}
     assert card["splits"]["medmcqa_validation"]["asked"] == "all"
-    assert prep.training_rows(out) == 0
+    assert prep.prepared_rows(out)["medmcqa_train"] == 0
     hint = f"add a train file (e.g. train.json, in the format of dev.json) to {src / 'medmcqa'} and prepare again"
-    with pytest.raises(UserError) as e:
-        prep.check_training_rows(out, "experiment baseline")
-    assert str(e.value) == (f"experiment baseline trains on MedMCQA, but the data prepared in {out} has no training rows "
-                            f"(source {src}); {hint}")
+    assert prep.training_hint(out) == hint
     with pytest.raises(UserError, match=f"medmcqa_train.parquet does not exist: the preparation in {out} did not write it"):
         prep.data_file("micro", "medmcqa_train")
     assert prep.medmcqa_splits(str(src)) == {"validation"}
@@ -495,14 +481,14 @@ def test_a_validation_only_source_is_scored_whole_and_has_no_training_rows(tmp_p
 
 
 def test_training_rows_of_other_preparations(tmp_path):
-    assert prep.training_rows(tmp_path / "nothing-yet") is None  # not prepared yet
+    assert prep.prepared_rows(tmp_path / "nothing-yet") is None  # not prepared yet
+    assert prep.training_hint(tmp_path / "nothing-yet") == prep.TRAIN_HINT
     src = _source(tmp_path, 60, 20)
     prep.prepare("micro", source=str(src), **QUIET)
     out = tmp_path / "home" / "data" / "micro"
-    assert prep.training_rows(out) == 60 and prep.read_card("micro")["rows"]["medmcqa_validation"] == 20
-    prep.check_training_rows(out, "experiment baseline")  # rows to train on: no error
+    assert prep.prepared_rows(out) == {"medmcqa_train": 60, "medmcqa_validation": 20, "arc_train": 0, "instruct_train": 0}
     assert prep.medmcqa_splits(str(src)) == {"train", "validation"} and prep.medmcqa_splits("hub") == {"train", "validation"}
     old = tmp_path / "old"  # a card written before the row counts were recorded
     old.mkdir()
     (old / "card.json").write_text(json.dumps({"splits": {"medmcqa_train": {"rows": 2000}}}))
-    assert prep.training_rows(old) == 2000
+    assert prep.prepared_rows(old) == {"medmcqa_train": 2000}

@@ -86,24 +86,21 @@ def read_card(dataset_size: str, out_dir: str | Path | None = None) -> dict[str,
     return fileio.read_json(path) if path.exists() else None
 
 
-def training_rows(data_dir: str | Path) -> int | None:
-    """MedMCQA training rows of a prepared folder, from its card.json; None while it holds no readable card (not
-    prepared yet). 0 means a source with validation rows only: stages that train on MedMCQA must be refused."""
+def prepared_rows(data_dir: str | Path) -> dict[str, int] | None:
+    """Rows per output of a prepared folder (0: not written), from its card.json; None while it holds no readable
+    card (not prepared yet). A validation-only source has medmcqa_train 0: stages that train on it are refused."""
     card = _read_json(Path(data_dir) / CARD)
     if card is None:
         return None
-    rows = card.get("rows", {}).get("medmcqa_train")
-    if rows is None:  # a card from before format 3: every output was written, its rows in "splits"
-        rows = card.get("splits", {}).get("medmcqa_train", {}).get("rows", 0)
-    return int(rows)
+    # a card from before format 3 wrote every output, its rows in "splits"
+    rows = card.get("rows") or {name: info.get("rows", 0) for name, info in card.get("splits", {}).items()}
+    return {name: int(n) for name, n in rows.items()}
 
 
-def check_training_rows(data_dir: str | Path, who: str) -> None:
-    """One line refusing `who` (e.g. "experiment baseline") on a preparation with no MedMCQA training rows."""
-    if training_rows(data_dir) == 0:
-        card = _read_json(Path(data_dir) / CARD) or {}
-        raise UserError(f"{who} trains on MedMCQA, but the data prepared in {data_dir} has no training rows "
-                        f"(source {card.get('source', '?')}); {card.get('training_hint') or TRAIN_HINT}")
+def training_hint(data_dir: str | Path) -> str:
+    """How to give a preparation MedMCQA training rows: its card's own words (where the train file must go), else
+    the general ones."""
+    return (_read_json(Path(data_dir) / CARD) or {}).get("training_hint") or TRAIN_HINT
 
 
 def medmcqa_splits(source: str) -> set[str]:

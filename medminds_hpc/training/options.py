@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from medminds_hpc.config import Relation, doc  # noqa: F401  (doc: what stages declare their fields with)
 from medminds_hpc.data.prompts import TEMPLATE_TOKENS
 
-# a scored or trained prompt keeps at least its template (the paper's, with an empty question, is 72 tokens)
+# a scored or trained prompt keeps at least its template (the paper's, around a one-letter question, is 72 tokens)
 PROMPT_FITS = Relation(("max_length", "prompt"), lambda c: c.max_length > TEMPLATE_TOKENS[c.prompt],
                        "max_length must exceed the prompt template's own tokens (paper: "
                        f"{TEMPLATE_TOKENS['paper']}, harness: {TEMPLATE_TOKENS['harness']}) to leave room for a question")
